@@ -1,0 +1,122 @@
+"""Typed check of a composed config, before anything heavy loads.
+
+Hydra composes plain YAML; merging the `method` and `trainer` groups onto these dataclasses makes a
+typo'd key or a wrong type fail at start, and `__post_init__` range checks make a bad value fail
+with one line that names the key, the value and what is allowed — before the model loads, so a bad
+sweep job costs a second, not a model load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from harness.lora import LoraConfig
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run; the message is the one line the user sees."""
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+@dataclass
+class MethodConfig:
+    name: str = "lora"
+    lr: float = 1e-3
+    r: int = 8
+    alpha: float = 16
+    dropout: float = 0.0
+    target_modules: Any = field(default_factory=lambda: ["query", "value"])  # list or "all-linear"/regex
+    init: str = "kaiming"
+    rslora: bool = False
+    modules_to_save: Optional[list] = None
+    rank_pattern: dict = field(default_factory=dict)
+    alpha_pattern: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check(self.name in ("lora", "full"), "method", self.name, "choose lora or full")
+        _check(self.lr > 0, "method.lr", self.lr, "must be > 0")
+        if self.name == "lora":
+            try:
+                self.lora_config()
+            except ValueError as e:
+                raise ConfigError(f"method.{e}") from None
+
+    def lora_config(self, head_modules=()) -> LoraConfig:
+        targets = self.target_modules
+        if not isinstance(targets, str):
+            targets = list(targets)
+        return LoraConfig(
+            r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=targets, init=self.init,
+            rslora=self.rslora,
+            modules_to_save=list(head_modules if self.modules_to_save is None else self.modules_to_save),
+            rank_pattern=dict(self.rank_pattern), alpha_pattern=dict(self.alpha_pattern),
+        )
+
+
+@dataclass
+class TrainerConfig:
+    device: str = "auto"
+    precision: str = "bf16"
+    epochs: float = 1
+    max_steps: Optional[int] = None
+    batch_size: int = 32
+    grad_accum: int = 1
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_grad_norm: Optional[float] = 1.0
+    eval_every: Optional[int] = None
+    eval_batch_size: int = 128
+    log_every: int = 10
+    timing_warmup_steps: int = 3
+    gradient_checkpointing: bool = False
+    checkpoint_every: Optional[int] = None
+    keep_checkpoints: int = 2
+    on_nan: str = "fail"
+    save_model: bool = True
+    num_workers: int = 0
+    optimizer: Any = None
+
+    def __post_init__(self):
+        _check(self.device in ("auto", "cpu", "cuda"), "trainer.device", self.device, "choose auto, cpu or cuda")
+        _check(self.precision in ("bf16", "fp32"), "trainer.precision", self.precision, "choose bf16 or fp32")
+        _check(self.epochs > 0, "trainer.epochs", self.epochs, "must be > 0")
+        _check(self.max_steps is None or self.max_steps > 0, "trainer.max_steps", self.max_steps, "must be > 0 or null")
+        for key in ("batch_size", "grad_accum", "eval_batch_size", "log_every", "keep_checkpoints"):
+            _check(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), "must be >= 1")
+        _check(self.weight_decay >= 0, "trainer.weight_decay", self.weight_decay, "must be >= 0")
+        _check(0 <= self.warmup_ratio < 1, "trainer.warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
+        _check(self.max_grad_norm is None or self.max_grad_norm > 0, "trainer.max_grad_norm",
+               self.max_grad_norm, "must be > 0 or null")
+        for key in ("eval_every", "checkpoint_every"):
+            value = getattr(self, key)
+            _check(value is None or value >= 1, f"trainer.{key}", value, "must be >= 1 or null")
+        _check(self.timing_warmup_steps >= 0, "trainer.timing_warmup_steps", self.timing_warmup_steps, "must be >= 0")
+        _check(self.on_nan in ("fail", "skip"), "trainer.on_nan", self.on_nan, "choose fail or skip")
+        _check(self.num_workers >= 0, "trainer.num_workers", self.num_workers, "must be >= 0")
+
+
+def typed(group: str, schema: type, node: DictConfig):
+    """Merge a config group onto its dataclass and build it, turning OmegaConf errors into one line."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = f"{group}.{e.full_key}" if getattr(e, "full_key", None) else group
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{key}: {msg}") from None
+
+
+def validate(cfg: DictConfig) -> tuple[MethodConfig, TrainerConfig]:
+    """Check the whole config; return the typed method and trainer settings."""
+    _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "must be an int >= 0")
+    method = typed("method", MethodConfig, cfg.method)
+    trainer = typed("trainer", TrainerConfig, cfg.trainer)
+    return method, trainer

