@@ -12,6 +12,7 @@ not, ends with `results.json` in its output folder (see harness/results.py).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -54,6 +55,7 @@ def _dirname(override_dirname: str) -> str:
 
 
 OmegaConf.register_new_resolver("dirname", _dirname, replace=True)
+OmegaConf.register_new_resolver("mul", lambda a, b: a * b, replace=True)  # alpha = 2r in rank sweeps
 
 
 class TrainingFailed(RuntimeError):
@@ -185,6 +187,7 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
         state = checkpoint.load(last[-1], model, optimizer, scheduler)
         loop, rng = state["loop"], state["rng"]
         log.info("resumed from %s (step %d of %d)", last[-1], loop["step"], total_steps)
+        _drop_rows_after(run_dir / "metrics.jsonl", loop["step"])
 
     reset_cuda_peak(device)
     timer = StepTimer(tcfg.timing_warmup_steps, device)
@@ -299,6 +302,16 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
     shutil.rmtree(ckpt_root, ignore_errors=True)
 
 
+def _drop_rows_after(metrics_path: Path, step: int) -> None:
+    """Rows logged after the checkpoint the run resumes from will be logged again: drop them."""
+    if metrics_path.exists():
+        lines = metrics_path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        tmp = metrics_path.with_suffix(".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, metrics_path)
+
+
 def _job_info(cfg: DictConfig) -> tuple[Path, bool, dict]:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
@@ -342,7 +355,9 @@ def run_job(cfg: DictConfig) -> float:
         group = cfg.logger.get("group") or (cfg.sweep_name if multirun else None)
         tracker = Tracker.start(cfg.logger, run_dir, record["run_name"], group=group, job_type=method.name,
                                 config={**config, "versions": record["versions"], "git": record["git"]},
-                                tags=[method.name, cfg.model.name, cfg.task.name])
+                                tags=[method.name, cfg.model.name, cfg.task.name],
+                                main_metric=cfg.task.get("main_metric"),
+                                greater_is_better=cfg.task.get("greater_is_better", True))
         seed_everything(cfg.seed)
         fit(cfg, method, tcfg, run_dir, tracker, record)
         record["status"] = "completed"
@@ -369,8 +384,6 @@ class SweepReport(Callback):
     """After a multirun: list the jobs that did not complete, and exit non-zero if any."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        import json
-
         failed = []
         for path in sorted(Path(config.hydra.sweep.dir).glob("*/results.json")):
             try:

@@ -1,0 +1,90 @@
+"""The real CLI end to end on a tiny BERT: records, determinism, bad overrides, the loop's pieces."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from harness.train import warmup_linear_decay
+from tests.helpers import ROOT, metrics_rows, read_record, run_cli, tiny_model_dir  # noqa: F401
+
+
+def test_lora_run_writes_complete_record_and_learns(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "lora"
+    proc = run_cli(tiny_model_dir, run_dir, "trainer.log_every=1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = read_record(run_dir)
+    assert rec["status"] == "completed" and rec["error"] is None
+    assert (rec["method"], rec["model"], rec["task"], rec["seed"]) == ("lora", "tiny_bert", "rotten_tomatoes", 0)
+    assert rec["lora"] == {"r": 4, "alpha": 8, "target_modules": ["query", "value"], "dropout": 0.0,
+                           "init": "kaiming", "rslora": False}
+    # r * (in + out) per adapted layer: 2 layers x {query, value} x 4 * (32 + 32), plus the head
+    assert rec["params"]["adapter"] == 2 * 2 * 4 * 64
+    assert rec["params"]["head"] == (32 * 32 + 32) + (32 * 2 + 2)  # pooler + classifier
+    assert rec["params"]["trainable"] == rec["params"]["adapter"] + rec["params"]["head"]
+    for key in ("tokens_per_s", "padded_tokens_per_s", "samples_per_s", "step_time_s"):
+        assert rec["throughput"][key] > 0
+    assert rec["throughput"]["tokens_per_s"] < rec["throughput"]["padded_tokens_per_s"]
+    assert rec["memory"]["peak_rss_gib"] > 0 and rec["memory"]["cuda_peak_allocated_gib"] is None
+    assert rec["memory"]["state_gib"] == pytest.approx(
+        rec["memory"]["param_gib"] + rec["memory"]["grad_gib"] + rec["memory"]["optimizer_gib"])
+    assert set(rec["metrics"]["final"]) >= {"loss", "accuracy", "f1"}
+    assert rec["metrics"]["main_metric"] == "accuracy" and rec["steps"] == 12
+    assert rec["versions"]["torch"] == torch.__version__.split("+")[0] or rec["versions"]["torch"] == torch.__version__
+    assert len(rec["git"]["commit"]) == 40
+    assert rec["config"]["method"]["r"] == 4 and rec["device"] == "cpu"
+    assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
+    assert not (run_dir / "checkpoints").exists()
+    losses = [r["train/loss"] for r in metrics_rows(run_dir) if "train/loss" in r]
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3  # it learns
+
+
+def test_full_finetuning_trains_everything(tiny_model_dir, tmp_path):
+    run_dir = tmp_path / "full"
+    proc = run_cli(tiny_model_dir, run_dir, "method=full", "trainer.save_model=false")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = read_record(run_dir)
+    assert rec["status"] == "completed" and rec["lora"] is None and rec["method"] == "full"
+    assert rec["params"]["trainable"] == rec["params"]["total"] and rec["params"]["adapter"] == 0
+    assert rec["lr"] == 5e-5
+
+
+def test_same_seed_gives_identical_metrics(tiny_model_dir, tmp_path):
+    recs = []
+    for name in ("a", "b"):
+        proc = run_cli(tiny_model_dir, tmp_path / name, "method.dropout=0.1", "trainer.save_model=false")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        recs.append(read_record(tmp_path / name))
+    assert recs[0]["metrics"] == recs[1]["metrics"]
+    losses = [[r["train/loss"] for r in metrics_rows(tmp_path / n) if "train/loss" in r] for n in ("a", "b")]
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("method.lr=-1", "method.lr=-1.0 is invalid: must be > 0"),
+    ("method.r=0", "method.r"),
+    ("trainer.batch_size=0", "trainer.batch_size=0 is invalid: must be >= 1"),
+])
+def test_bad_value_fails_with_one_line_and_failed_record(tiny_model_dir, tmp_path, override, message):
+    proc = run_cli(tiny_model_dir, tmp_path / "bad", override)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines() if "failed:" in line]
+    assert len(errors) == 1 and message in errors[0], proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    rec = read_record(tmp_path / "bad")
+    assert rec["status"] == "failed" and message in rec["error"]
+
+
+def test_unknown_group_option_exits_nonzero_naming_choices(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "harness.train", "method=lorax", f"hydra.run.dir={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "method/lorax" in proc.stderr and "full" in proc.stderr and "lora" in proc.stderr
+
+
+def test_warmup_then_linear_decay():
+    f = warmup_linear_decay(warmup=2, total=6)
+    assert [round(f(s), 4) for s in range(7)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
