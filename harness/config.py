@@ -17,6 +17,15 @@ from omegaconf.errors import OmegaConfBaseException
 from harness.lora import LoraConfig
 
 
+def _dirname(override_dirname: str) -> str:
+    """A folder name from Hydra's override string: never empty, never nested."""
+    return override_dirname.replace("/", "_") or "default"
+
+
+OmegaConf.register_new_resolver("dirname", _dirname, replace=True)
+OmegaConf.register_new_resolver("mul", lambda a, b: a * b, replace=True)  # alpha = 2r in rank sweeps
+
+
 class ConfigError(ValueError):
     """A config value that cannot run; the message is the one line the user sees."""
 

@@ -49,15 +49,6 @@ from harness.tracking import Tracker, redact, run_name
 log = logging.getLogger("harness")
 
 
-def _dirname(override_dirname: str) -> str:
-    """A folder name from Hydra's override string: never empty, never nested."""
-    return override_dirname.replace("/", "_") or "default"
-
-
-OmegaConf.register_new_resolver("dirname", _dirname, replace=True)
-OmegaConf.register_new_resolver("mul", lambda a, b: a * b, replace=True)  # alpha = 2r in rank sweeps
-
-
 class TrainingFailed(RuntimeError):
     """Training stopped on purpose (divergence); the message says where."""
 
@@ -337,27 +328,29 @@ def run_job(cfg: DictConfig) -> float:
         log.info("resume=true: %s already completed, skipping", run_dir)
         return float(previous["metrics"]["final"].get(previous["metrics"]["main_metric"]) or float("nan"))
 
-    config = redact(OmegaConf.to_container(cfg, resolve=True))
     method_cfg = cfg.method
     record = {
         "status": "running", "error": None, "method": method_cfg.get("name"), "model": cfg.model.get("name"),
         "task": cfg.task.get("name"), "seed": cfg.get("seed"), "run_name": None, "lr": method_cfg.get("lr"),
         "lora": None, "params": None, "metrics": None, "throughput": None, "memory": None,
-        "versions": versions(), "git": git_state(), "device": None, "sweep": sweep, "config": config,
+        "versions": versions(), "git": git_state(), "device": None, "sweep": sweep,
+        "config": redact(OmegaConf.to_container(cfg, resolve=False)),
     }
     tracker = None
     try:
+        config = record["config"] = redact(OmegaConf.to_container(cfg, resolve=True))
         record["run_name"] = run_name(method_cfg, cfg.seed)
+        group = cfg.logger.get("group") or (cfg.sweep_name if multirun else None)
+        # Started before validation, so a job with a bad value shows up as a failed W&B run too.
+        tracker = Tracker.start(cfg.logger, run_dir, record["run_name"], group=group, job_type=record["method"],
+                                config={**config, "versions": record["versions"], "git": record["git"]},
+                                tags=[record["method"], record["model"], record["task"]],
+                                main_metric=cfg.task.get("main_metric"),
+                                greater_is_better=cfg.task.get("greater_is_better", True))
         method, tcfg = validate(cfg)
         if method.name == "lora":
             record["lora"] = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in asdict(method).items()
                               if k in ("r", "alpha", "target_modules", "dropout", "init", "rslora")}
-        group = cfg.logger.get("group") or (cfg.sweep_name if multirun else None)
-        tracker = Tracker.start(cfg.logger, run_dir, record["run_name"], group=group, job_type=method.name,
-                                config={**config, "versions": record["versions"], "git": record["git"]},
-                                tags=[method.name, cfg.model.name, cfg.task.name],
-                                main_metric=cfg.task.get("main_metric"),
-                                greater_is_better=cfg.task.get("greater_is_better", True))
         seed_everything(cfg.seed)
         fit(cfg, method, tcfg, run_dir, tracker, record)
         record["status"] = "completed"

@@ -1,0 +1,74 @@
+"""Every config composes and validates; every bad value fails with the key, the value and the rule."""
+
+import itertools
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from harness.config import ConfigError, validate
+from tests.helpers import ROOT
+
+CONF = str(ROOT / "conf")
+
+
+def composed(*overrides):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=True)
+
+
+def test_default_is_lora_r8_alpha16_query_value_on_minilm_rotten_tomatoes():
+    cfg = composed()
+    method, trainer = validate(cfg)
+    assert (cfg.model.name, cfg.task.name, method.name) == ("minilm", "rotten_tomatoes", "lora")
+    assert (method.r, method.alpha, list(method.target_modules)) == (8, 16, ["query", "value"])
+    assert cfg.model.head_modules == ["classifier", "pooler"]
+    assert composed("method=full").method.lr < method.lr
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
+def test_every_experiment_job_composes_and_validates(experiment):
+    cfg = composed(f"+experiment={experiment}")
+    params = OmegaConf.to_container(cfg.hydra.sweeper.params)
+    assert params, f"{experiment} defines no sweep"
+    axes = [[f"{k}={v}" for v in str(vals).split(",")] for k, vals in params.items()]
+    jobs = list(itertools.product(*axes))
+    for job in jobs:
+        job_cfg = composed(f"+experiment={experiment}", *job)
+        method, _ = validate(job_cfg)
+        assert job_cfg.sweep_name == experiment
+        if method.name == "lora":
+            assert method.alpha == 2 * method.r or experiment == "lora_vs_full"
+    assert len(jobs) == {"lora_vs_full": 9, "rank_ablation": 18, "target_modules": 21}[experiment]
+
+
+def test_target_module_placements_share_one_adapter_budget():
+    for path in sorted((ROOT / "conf" / "placement").glob("*.yaml")):
+        m = composed(f"+placement={path.stem}").method
+        assert m.r * len(m.target_modules) == 16, path.stem
+
+
+BAD = [
+    ("method.lr=0", "method.lr=0.0 is invalid: must be > 0"),
+    ("method.r=0", "method.r"),
+    ("method.alpha=-2", "method.alpha"),
+    ("method.dropout=1.5", "method.dropout"),
+    ("method.init=xavier", "xavier"),
+    ("method.name=adapter", "method='adapter' is invalid: choose lora or full"),
+    ("trainer.grad_accum=0", "trainer.grad_accum=0 is invalid: must be >= 1"),
+    ("trainer.warmup_ratio=1.0", "trainer.warmup_ratio=1.0 is invalid: must be in [0, 1)"),
+    ("trainer.device=tpu", "trainer.device='tpu' is invalid: choose auto, cpu or cuda"),
+    ("trainer.on_nan=ignore", "trainer.on_nan='ignore' is invalid: choose fail or skip"),
+    ("trainer.max_steps=-5", "trainer.max_steps=-5 is invalid: must be > 0 or null"),
+    ("trainer.batch_size=abc", "trainer.batch_size"),
+    ("+trainer.epoch=3", "trainer.epoch"),
+    ("seed=-1", "seed=-1 is invalid"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD)
+def test_bad_config_value_names_key_value_and_rule(override, message):
+    with pytest.raises(ConfigError) as err:
+        validate(composed(override))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)

@@ -1,0 +1,60 @@
+"""Real multiruns on the tiny model: one W&B run per job in one group, failures isolated and reported."""
+
+import json
+from pathlib import Path
+
+from harness.tracking import read_offline_run
+from tests.helpers import read_record, run_cli, tiny_model_dir  # noqa: F401
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in sweep_dir.glob("*/results.json"))
+
+
+def offline_runs(job_dir: Path) -> list:
+    return [read_offline_run(p) for p in sorted((job_dir / "wandb").glob("offline-run-*"))]
+
+
+def test_sequential_sweep_isolates_a_bad_job_and_streams_each_job_to_its_own_wandb_run(tiny_model_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(tiny_model_dir, sweep, "method.r=2,0,4", "logger=wandb", "logger.mode=offline",
+                   "sweep_name=rtest", "trainer.save_model=false", multirun=True)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "1 job(s) did not complete" in proc.stderr and "method.r=0" in proc.stderr
+    dirs = job_dirs(sweep)
+    assert [d.name for d in dirs] == ["0_method.r=2", "1_method.r=0", "2_method.r=4"]
+    records = [read_record(d) for d in dirs]
+    assert [r["status"] for r in records] == ["completed", "failed", "completed"]
+    assert "method.r" in records[1]["error"]
+    assert [r["sweep"]["job_num"] for r in records] == [0, 1, 2]
+
+    runs = [offline_runs(d) for d in dirs]
+    assert [len(r) for r in runs] == [1, 1, 1]  # exactly one W&B run per job, never merged
+    done, failed = runs[0][0], runs[1][0]
+    assert {r[0].config["sweep_name"] for r in runs} == {"rtest"}
+    assert done.summary["status"] == "completed" and failed.summary["status"] == "failed"
+    assert done.exit_code == 0 and failed.exit_code == 1
+    assert done.summary["params"]["adapter"] == 2 * 2 * 2 * 64
+    assert any("train/loss" in row for row in done.history)
+    assert done.group == "rtest" and done.job_type == "lora" and done.name == "lora-r2-a8-qv-seed0"
+
+
+def test_resume_flag_skips_completed_jobs(tiny_model_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    assert run_cli(tiny_model_dir, sweep, "seed=0,1", "trainer.save_model=false", multirun=True).returncode == 0
+    first = {d.name: (d / "results.json").stat().st_mtime_ns for d in job_dirs(sweep)}
+    proc = run_cli(tiny_model_dir, sweep, "seed=0,1", "trainer.save_model=false", "resume=true", multirun=True)
+    assert proc.returncode == 0 and proc.stderr.count("already completed, skipping") == 2, proc.stderr[-2000:]
+    assert {d.name: (d / "results.json").stat().st_mtime_ns for d in job_dirs(sweep)} == first
+
+
+def test_submitit_local_launcher_runs_jobs_in_their_own_processes(tiny_model_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(tiny_model_dir, sweep, "method=lora,full", "hydra/launcher=submitit_local",
+                   "hydra.launcher.timeout_min=10", "trainer.save_model=false", multirun=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [read_record(d) for d in job_dirs(sweep)]
+    assert sorted(r["method"] for r in records) == ["full", "lora"]
+    assert all(r["status"] == "completed" for r in records)
+    assert (sweep / ".submitit").is_dir()
+    assert json.loads((job_dirs(sweep)[0] / "results.json").read_text())["sweep"]["dir"] == str(sweep)
