@@ -57,6 +57,12 @@ def _check_regex(what: str, pattern: str) -> None:
         raise ValueError(f"{what}={pattern!r}: not a valid regular expression ({e})") from e
 
 
+def in_out_features(base: nn.Module) -> tuple[int, int]:
+    """(in, out) of a Linear (weight (out, in)) or Conv1D (weight (in, out))."""
+    w = base.weight
+    return (w.shape[0], w.shape[1]) if isinstance(base, Conv1D) else (w.shape[1], w.shape[0])
+
+
 def name_matches(name: str, pattern: str, regex: bool = True) -> bool:
     """Module-name match used everywhere: exact name, `.`-suffix, or (if regex) full regex match."""
     if name == pattern or name.endswith("." + pattern):
@@ -153,7 +159,7 @@ class LoraLinear(nn.Module):
         self.base = base
         self.fan_in_fan_out = isinstance(base, Conv1D)
         w = base.weight
-        self.out_features, self.in_features = w.shape[::-1] if self.fan_in_fan_out else w.shape
+        self.in_features, self.out_features = in_out_features(base)
         self.r, self.alpha = r, alpha
         self.scaling = lora_scaling(r, alpha, rslora)
         self.lora_A = nn.Linear(self.in_features, r, bias=False, device=w.device, dtype=w.dtype)

@@ -1,0 +1,302 @@
+"""LoRA adapter files in peft's on-disk format; load them back; switch adapters on one base.
+
+A saved adapter is a folder, exactly as peft's `PeftModel.save_pretrained` writes it, so files made
+here load in the tools people serve with (peft, vLLM, TGI):
+
+    adapter_model.safetensors   base_model.model.<module path>.lora_A.weight   (r, in)
+                                base_model.model.<module path>.lora_B.weight   (out, r)
+                                base_model.model.<module path>.<param>         modules_to_save, under
+                                                                               the module's own path
+    adapter_config.json         peft_type "LORA", r, lora_alpha, target_modules, lora_dropout, ...
+
+(peft `utils/save_and_load.py::get_peft_model_state_dict` strips the adapter name, turning
+`...q_proj.lora_A.default.weight` into `...q_proj.lora_A.weight` and a ModulesToSaveWrapper's
+`classifier.modules_to_save.default.weight` into `classifier.weight`.)
+
+Loading reads safetensors only — pickled `adapter_model.bin` files are refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from harness.lora import (LoraConfig, apply_lora, has_lora, in_out_features, lora_layers,
+                          match_modules_to_save, name_matches, plan_lora)
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+CONFIG_NAME = "adapter_config.json"
+PICKLE_NAME = "adapter_model.bin"
+PREFIX = "base_model.model."
+CHECKSUM_KEY = "harness_sha256"  # our own metadata entry; peft ignores it, files without it still load
+# init <-> peft's init_lora_weights (True means kaiming-uniform A, zero B)
+_INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa"}
+_TASK_TYPES = (("ForSequenceClassification", "SEQ_CLS"), ("ForTokenClassification", "TOKEN_CLS"),
+               ("ForQuestionAnswering", "QUESTION_ANS"), ("ForCausalLM", "CAUSAL_LM"),
+               ("LMHeadModel", "CAUSAL_LM"), ("ForConditionalGeneration", "SEQ_2_SEQ_LM"))
+
+
+def _config_of(model: nn.Module) -> LoraConfig:
+    cfg = getattr(model, "lora_config", None)
+    if not isinstance(cfg, LoraConfig) or not has_lora(model):
+        raise ValueError(f"{type(model).__name__} has no LoRA adapters; call apply_lora or load_adapter first")
+    return cfg
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only what was trained, under peft's key names, as contiguous CPU tensors."""
+    cfg = _config_of(model)
+    out = {}
+    for name, layer in lora_layers(model).items():
+        out[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight
+        out[f"{PREFIX}{name}.lora_B.weight"] = layer.lora_B.weight
+    for root in match_modules_to_save(model, cfg.modules_to_save):
+        for pname, p in model.get_submodule(root).named_parameters(remove_duplicate=False):
+            out[f"{PREFIX}{root}.{pname}"] = p
+    # clone: safetensors refuses tensors that share storage (tied weights)
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in out.items()}
+
+
+def _checksum(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _task_type(model: nn.Module) -> str | None:
+    name = type(model).__name__
+    return next((task for suffix, task in _TASK_TYPES if name.endswith(suffix)), None)
+
+
+def peft_config_dict(model: nn.Module, base_model_name_or_path: str | None = None) -> dict:
+    """adapter_config.json contents: peft's LoraConfig fields, with peft's defaults for those we
+    do not use (DoRA, layer selection, LoftQ, Megatron)."""
+    cfg = _config_of(model)
+    name = base_model_name_or_path or getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    targets = cfg.target_modules if isinstance(cfg.target_modules, str) else list(cfg.target_modules)
+    return {
+        "peft_type": "LORA",
+        "task_type": _task_type(model),
+        "base_model_name_or_path": str(name) if name else None,
+        "revision": None,
+        "inference_mode": True,
+        "r": cfg.r,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": targets,
+        "use_rslora": cfg.rslora,
+        "modules_to_save": list(cfg.modules_to_save) or None,
+        "rank_pattern": dict(cfg.rank_pattern),
+        "alpha_pattern": dict(cfg.alpha_pattern),
+        "init_lora_weights": _INIT_TO_PEFT[cfg.init],
+        "bias": "none",
+        "fan_in_fan_out": any(layer.fan_in_fan_out for layer in lora_layers(model).values()),
+        "use_dora": False,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "layer_replication": None,
+        "auto_mapping": None,
+        "megatron_config": None,
+        "megatron_core": "megatron.core",
+        "loftq_config": {},
+    }
+
+
+def save_adapter(model: nn.Module, path, base_model_name_or_path: str | None = None) -> Path:
+    """Write adapter_model.safetensors + adapter_config.json into folder `path` (created); return it."""
+    path = Path(path)
+    config = peft_config_dict(model, base_model_name_or_path)
+    tensors = adapter_state_dict(model)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, path / WEIGHTS_NAME, metadata={"format": "pt", CHECKSUM_KEY: _checksum(tensors)})
+    (path / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_adapter(path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(adapter_config.json as a dict, {key: tensor}) from an adapter folder (or a file inside it).
+    Any unreadable, truncated or modified file is a ValueError naming the path."""
+    folder = Path(path)
+    folder = folder.parent if folder.is_file() else folder
+    weights, config_file = folder / WEIGHTS_NAME, folder / CONFIG_NAME
+    if not weights.is_file():
+        if (folder / PICKLE_NAME).is_file():
+            raise ValueError(f"{folder / PICKLE_NAME}: pickled adapter weights are never loaded (unpickling runs "
+                             f"arbitrary code); convert it to {WEIGHTS_NAME}")
+        raise ValueError(f"{weights}: no such adapter weights file")
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{config_file}: unreadable adapter config ({e})") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_file}: expected a JSON object, got {type(config).__name__}")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for bad headers / short files
+        raise ValueError(f"{weights}: corrupted or truncated safetensors file ({e})") from e
+    expected = metadata.get(CHECKSUM_KEY)
+    if expected is not None and _checksum(tensors) != expected:
+        raise ValueError(f"{weights}: checksum mismatch; the file was modified after it was saved")
+    return config, tensors
+
+
+def lora_config_from_peft(config: dict, path="adapter") -> LoraConfig:
+    """Our LoraConfig from an adapter_config.json dict; a field we cannot honour is a ValueError."""
+    if config.get("peft_type") != "LORA":
+        raise ValueError(f"{path}: peft_type={config.get('peft_type')!r}; only 'LORA' adapters are supported")
+    for key, ok in (("use_dora", False), ("bias", "none"), ("layers_to_transform", None),
+                    ("layer_replication", None)):
+        if config.get(key, ok) not in (ok, [] if ok is None else ok):
+            raise ValueError(f"{path}: {key}={config[key]!r} is not supported (only {ok!r})")
+    init_field = config.get("init_lora_weights", True)
+    inits = {True: "kaiming", False: "kaiming", "gaussian": "gaussian", "pissa": "pissa"}
+    # False (peft: non-zero B) and gaussian only shape the starting point, which loading overwrites.
+    if not isinstance(init_field, (bool, str)) or init_field not in inits:
+        raise ValueError(f"{path}: init_lora_weights={init_field!r} is not supported; choices: {list(inits)}")
+    try:
+        return LoraConfig(r=config.get("r"), alpha=config.get("lora_alpha"),
+                          target_modules=config.get("target_modules"), dropout=config.get("lora_dropout", 0.0),
+                          init=inits[init_field], rslora=config.get("use_rslora", False),
+                          modules_to_save=config.get("modules_to_save"), rank_pattern=config.get("rank_pattern"),
+                          alpha_pattern=config.get("alpha_pattern"))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
+def _expected_shapes(model: nn.Module, cfg: LoraConfig) -> dict[str, tuple[int, ...]]:
+    """Key -> shape this model needs from an adapter with config `cfg`."""
+    shapes = {}
+    if has_lora(model):
+        for name, layer in lora_layers(model).items():
+            shapes[f"{PREFIX}{name}.lora_A.weight"] = tuple(layer.lora_A.weight.shape)
+            shapes[f"{PREFIX}{name}.lora_B.weight"] = tuple(layer.lora_B.weight.shape)
+    else:
+        for name, (r, _) in plan_lora(model, cfg).items():
+            in_f, out_f = in_out_features(model.get_submodule(name))
+            shapes[f"{PREFIX}{name}.lora_A.weight"] = (r, in_f)
+            shapes[f"{PREFIX}{name}.lora_B.weight"] = (out_f, r)
+    for root in match_modules_to_save(model, cfg.modules_to_save):
+        for pname, p in model.get_submodule(root).named_parameters(remove_duplicate=False):
+            shapes[f"{PREFIX}{root}.{pname}"] = tuple(p.shape)
+    return shapes
+
+
+def _check_fit(expected: dict, tensors: dict, path, config: dict) -> None:
+    trained_on = config.get("base_model_name_or_path")
+    hint = f" (adapter trained on {trained_on!r})" if trained_on else ""
+    for key, t in tensors.items():
+        if key not in expected:
+            raise ValueError(f"{path}: key {key!r} maps to no LoRA or modules_to_save parameter of this model{hint}")
+        if tuple(t.shape) != expected[key]:
+            raise ValueError(f"{path}: {key}: file has shape {tuple(t.shape)}, the model expects "
+                             f"{expected[key]}{hint}")
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise ValueError(f"{path}: missing {len(missing)} tensor(s) the model needs, e.g. {missing[0]!r}{hint}")
+
+
+def _prepare(model: nn.Module, path) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
+    """Read and validate an adapter against `model`; inject LoRA per its config if the model has none.
+    Nothing is changed on the model unless every check passes."""
+    config, tensors = read_adapter(path)
+    cfg = lora_config_from_peft(config, path)
+    # peft lists both "classifier" and "score" for SEQ_CLS models; like peft, skip entries naming no module.
+    names = [n for n, _ in model.named_modules() if n]
+    kept = tuple(e for e in cfg.modules_to_save if any(name_matches(n, e, regex=False) for n in names))
+    cfg = replace(cfg, modules_to_save=kept)
+    ours = getattr(getattr(model, "config", None), "_name_or_path", None)
+    theirs = config.get("base_model_name_or_path")
+    if ours and theirs and str(ours) != str(theirs):  # paths vs hub ids differ legitimately: warn only
+        warnings.warn(f"{path}: adapter was trained on {theirs!r}, model is {ours!r}", stacklevel=3)
+    if has_lora(model) and (cfg.init == "pissa") != (_config_of(model).init == "pissa"):
+        raise ValueError(f"{path}: init={cfg.init!r} but the model's LoRA uses init={_config_of(model).init!r}; "
+                         "pissa replaces the base weight by a residual, so pissa and non-pissa adapters "
+                         "cannot share one base")
+    _check_fit(_expected_shapes(model, cfg), tensors, path, config)
+    if not has_lora(model):
+        apply_lora(model, **asdict(cfg))
+    return cfg, tensors
+
+
+@torch.no_grad()
+def _copy_in(model: nn.Module, cfg: LoraConfig, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy adapter tensors into the model's parameters in place and set each layer's scaling."""
+    layers = lora_layers(model)
+    merged = [layer for layer in layers.values() if layer.merged]
+    for layer in merged:  # the merged delta belongs to the old adapter: take it out first
+        layer.unmerge()
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for key, t in tensors.items():
+        params[key[len(PREFIX):]].copy_(t)
+    for name, layer in layers.items():
+        layer.scaling = cfg.scaling_for(name)
+    for layer in merged:
+        layer.merge()
+    model.lora_config = cfg
+
+
+def load_adapter(model: nn.Module, path) -> list[str]:
+    """Load an adapter folder onto `model` (a fresh base model, or one already adapted with the same
+    module set and ranks) and return the adapted module names, sorted."""
+    cfg, tensors = _prepare(model, path)
+    _copy_in(model, cfg, tensors)
+    return sorted(lora_layers(model))
+
+
+class AdapterBank:
+    """Many adapters, one base model: each adapter's tensors stay in memory and `activate` copies
+    them into the single-adapter LoRA layers in place (no base reload, no per-adapter dicts in the
+    layers). All adapters must adapt the same modules with the same ranks; alpha may differ.
+
+        bank = AdapterBank(model); bank.add("sst2", "runs/sst2/adapter"); bank.activate("sst2")
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._adapters: dict[str, tuple[LoraConfig, dict[str, torch.Tensor]]] = {}
+        self._active: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._adapters)
+
+    @property
+    def active(self) -> str | None:
+        return self._active
+
+    def add(self, name: str, path) -> None:
+        """Read, validate and keep adapter `path` under `name` (the model is adapted on first add)."""
+        if name in self._adapters:
+            raise ValueError(f"adapter name {name!r} already loaded; loaded: {self.names}")
+        cfg, tensors = _prepare(self.model, path)
+        if self._adapters:
+            first = next(iter(self._adapters.values()))[1]
+            extra, missing = sorted(set(tensors) - set(first)), sorted(set(first) - set(tensors))
+            if extra or missing:
+                raise ValueError(f"{path}: keys differ from the adapters already loaded "
+                                 f"(extra: {extra[:3]}, missing: {missing[:3]})")
+        params = dict(self.model.named_parameters(remove_duplicate=False))
+        # stored on the model's device and dtype, so activate is a plain in-place copy
+        stored = {k: t.to(device=params[k[len(PREFIX):]].device, dtype=params[k[len(PREFIX):]].dtype)
+                  for k, t in tensors.items()}
+        self._adapters[name] = (cfg, stored)
+
+    def activate(self, name: str) -> None:
+        if name not in self._adapters:
+            raise ValueError(f"unknown adapter {name!r}; loaded: {self.names}")
+        cfg, tensors = self._adapters[name]
+        _copy_in(self.model, cfg, tensors)
+        self._active = name

@@ -1,0 +1,218 @@
+"""Adapter files (peft format), loading onto fresh bases, and switching adapters on one base."""
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from harness.adapters import (CONFIG_NAME, WEIGHTS_NAME, AdapterBank, load_adapter, read_adapter,
+                              save_adapter)
+from harness.lora import apply_lora, count_parameters, lora_layers, merge_lora
+
+QV = [f"bert.encoder.layer.{i}.attention.self.{m}" for i in (0, 1) for m in ("query", "value")]
+
+
+def ids(batch=2, seq=7, seed=1):
+    return torch.randint(0, 99, (batch, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def train_like(model, seed):
+    """Stand-in for training: random nonzero values in every trainable tensor."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+def adapted_bert(base, seed, **kwargs):
+    """A copy of `base` with LoRA applied and 'trained'; `base` itself stays untouched."""
+    model = copy.deepcopy(base)
+    apply_lora(model, **{"r": 4, "alpha": 8, "modules_to_save": ["classifier"], **kwargs})
+    train_like(model, seed)
+    return model
+
+
+def test_round_trip_gives_identical_outputs(tiny_bert, tmp_path):
+    trained = adapted_bert(tiny_bert, seed=3)
+    x = ids()
+    out = save_adapter(trained, tmp_path / "adapter")
+    assert out == tmp_path / "adapter"
+    names = load_adapter(tiny_bert, out)  # tiny_bert is still the pristine base
+    assert names == QV
+    assert torch.equal(tiny_bert(x).logits, trained(x).logits)
+    assert tiny_bert.lora_config == trained.lora_config
+
+
+def test_file_keys_and_config_follow_peft_format(tiny_bert, tmp_path):
+    trained = adapted_bert(tiny_bert, seed=3, dropout=0.1, rank_pattern={"layer.1.attention.self.value": 2})
+    save_adapter(trained, tmp_path, base_model_name_or_path="sentence-transformers/all-MiniLM-L6-v2")
+    tensors = load_file(tmp_path / WEIGHTS_NAME)
+    shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+    expected = {f"base_model.model.{m}.lora_A.weight": (4, 32) for m in QV}
+    expected |= {f"base_model.model.{m}.lora_B.weight": (32, 4) for m in QV}
+    expected["base_model.model.bert.encoder.layer.1.attention.self.value.lora_A.weight"] = (2, 32)
+    expected["base_model.model.bert.encoder.layer.1.attention.self.value.lora_B.weight"] = (32, 2)
+    expected |= {"base_model.model.classifier.weight": (2, 32), "base_model.model.classifier.bias": (2,)}
+    assert shapes == expected
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert {k: config[k] for k in ("peft_type", "task_type", "r", "lora_alpha", "lora_dropout", "target_modules",
+                                   "use_rslora", "modules_to_save", "rank_pattern", "alpha_pattern",
+                                   "init_lora_weights", "bias", "fan_in_fan_out", "base_model_name_or_path")} == {
+        "peft_type": "LORA", "task_type": "SEQ_CLS", "r": 4, "lora_alpha": 8, "lora_dropout": 0.1,
+        "target_modules": ["query", "value"], "use_rslora": False, "modules_to_save": ["classifier"],
+        "rank_pattern": {"layer.1.attention.self.value": 2}, "alpha_pattern": {}, "init_lora_weights": True,
+        "bias": "none", "fan_in_fan_out": False, "base_model_name_or_path": "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def test_file_is_small(tiny_bert, tmp_path):
+    trained = adapted_bert(tiny_bert, seed=3)
+    save_adapter(trained, tmp_path)
+    payload = 4 * (count_parameters(trained)["adapter"] + 66)  # fp32: 1024 adapter + 66 head values
+    size = (tmp_path / WEIGHTS_NAME).stat().st_size
+    assert payload == 4360 and payload < size < payload + 2048  # plus a JSON header
+    assert size < 0.25 * 4 * count_parameters(tiny_bert)["total"]  # vs the 80 kB base model
+
+
+def test_gpt2_conv1d_round_trip_and_fan_in_fan_out(tiny_gpt2, tmp_path):
+    trained = copy.deepcopy(tiny_gpt2)
+    apply_lora(trained, r=4, alpha=8, target_modules=["c_attn", "c_proj"], rslora=True)
+    train_like(trained, seed=5)
+    save_adapter(trained, tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert (config["fan_in_fan_out"], config["task_type"], config["use_rslora"]) == (True, "CAUSAL_LM", True)
+    assert read_adapter(tmp_path)[1]["base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"].shape == (96, 4)
+    load_adapter(tiny_gpt2, tmp_path)
+    x = ids()
+    assert torch.equal(tiny_gpt2(x).logits, trained(x).logits)
+
+
+def test_pissa_round_trip_recomputes_the_residual(tiny_llama, tmp_path):
+    trained = copy.deepcopy(tiny_llama)
+    apply_lora(trained, r=4, alpha=8, target_modules="all-linear", init="pissa")
+    with torch.no_grad():  # a small "training" update on top of the principal factors
+        for layer in lora_layers(trained).values():
+            layer.lora_B.weight.add_(0.05)
+    save_adapter(trained, tmp_path)
+    assert json.loads((tmp_path / CONFIG_NAME).read_text())["init_lora_weights"] == "pissa"
+    load_adapter(tiny_llama, tmp_path)
+    x = ids()
+    torch.testing.assert_close(tiny_llama(x).logits, trained(x).logits, atol=1e-5, rtol=0)
+
+
+def test_tampered_or_truncated_file_is_rejected(tiny_bert, tmp_path):
+    save_adapter(adapted_bert(tiny_bert, seed=3), tmp_path)
+    weights = tmp_path / WEIGHTS_NAME
+    good = weights.read_bytes()
+
+    weights.write_bytes(good[:-1] + bytes([good[-1] ^ 0xFF]))  # one flipped bit pattern in the data
+    with pytest.raises(ValueError, match=f"{weights}.*checksum mismatch"):
+        load_adapter(copy.deepcopy(tiny_bert), tmp_path)
+
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=f"{weights}: corrupted or truncated"):
+        load_adapter(copy.deepcopy(tiny_bert), tmp_path)
+
+    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json header!")
+    with pytest.raises(ValueError, match=f"{weights}: corrupted or truncated"):
+        load_adapter(copy.deepcopy(tiny_bert), tmp_path)
+    assert not lora_layers(tiny_bert)  # nothing was injected by the failed loads
+
+    weights.unlink()
+    (tmp_path / "adapter_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ValueError, match="never loaded"):
+        load_adapter(tiny_bert, tmp_path)
+
+    (tmp_path / "adapter_model.bin").unlink()
+    with pytest.raises(ValueError, match="no such adapter weights file"):
+        load_adapter(tiny_bert, tmp_path)
+
+
+def test_bad_config_is_rejected(tiny_bert, tmp_path):
+    save_adapter(adapted_bert(tiny_bert, seed=3), tmp_path)
+    config_file = tmp_path / CONFIG_NAME
+    config = json.loads(config_file.read_text())
+    for change, message in [({"peft_type": "IA3"}, "peft_type='IA3'.*only 'LORA'"),
+                            ({"use_dora": True}, "use_dora=True is not supported"),
+                            ({"init_lora_weights": "olora"}, "init_lora_weights='olora' is not supported"),
+                            ({"r": 0}, "r=0: must be a positive integer")]:
+        config_file.write_text(json.dumps(config | change))
+        with pytest.raises(ValueError, match=message):
+            load_adapter(tiny_bert, tmp_path)
+    config_file.write_text("{not json")
+    with pytest.raises(ValueError, match=f"{config_file}: unreadable adapter config"):
+        load_adapter(tiny_bert, tmp_path)
+
+
+def test_shape_mismatch_and_unknown_key_are_rejected(tiny_bert, tiny_llama, tmp_path):
+    save_adapter(adapted_bert(tiny_bert, seed=3), tmp_path / "r4")
+    tensors = load_file(tmp_path / "r4" / WEIGHTS_NAME)
+    key = "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight"
+
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / CONFIG_NAME).write_text((tmp_path / "r4" / CONFIG_NAME).read_text())
+    save_file(tensors | {key: torch.zeros(4, 48)}, tmp_path / "bad" / WEIGHTS_NAME)
+    with pytest.raises(ValueError, match=rf"{key}: file has shape \(4, 48\), the model expects \(4, 32\)"):
+        load_adapter(tiny_bert, tmp_path / "bad")
+
+    stray = "base_model.model.bert.encoder.layer.0.attention.self.key.lora_A.weight"
+    save_file(tensors | {stray: torch.zeros(4, 32)}, tmp_path / "bad" / WEIGHTS_NAME)
+    with pytest.raises(ValueError, match=f"key '{stray}' maps to no LoRA"):
+        load_adapter(tiny_bert, tmp_path / "bad")
+
+    with pytest.raises(ValueError, match=r"target_modules=\('query', 'value'\) matches none.*q_proj"):
+        load_adapter(tiny_llama, tmp_path / "r4")  # a BERT adapter on a Llama base
+
+    apply_lora(tiny_bert, r=2, alpha=4, modules_to_save=["classifier"])  # already adapted, other rank
+    with pytest.raises(ValueError, match=r"file has shape \(4, 32\), the model expects \(2, 32\)"):
+        load_adapter(tiny_bert, tmp_path / "r4")
+
+
+def test_switching_adapters_gives_each_adapters_outputs(tiny_bert, tmp_path):
+    a = adapted_bert(tiny_bert, seed=3)
+    b = adapted_bert(tiny_bert, seed=4, alpha=32)  # same shapes, different scaling
+    save_adapter(a, tmp_path / "a")
+    save_adapter(b, tmp_path / "b")
+    x = ids()
+    ya, yb = a(x).logits, b(x).logits
+    assert not torch.allclose(ya, yb, atol=1e-3)
+
+    bank = AdapterBank(tiny_bert)
+    bank.add("a", tmp_path / "a")
+    bank.add("b", tmp_path / "b")
+    assert (bank.names, bank.active) == (["a", "b"], None)
+    weight_id = id(tiny_bert.bert.encoder.layer[0].attention.self.query.base.weight)
+    for name, expected in [("a", ya), ("b", yb), ("a", ya)]:
+        bank.activate(name)
+        assert bank.active == name
+        assert torch.equal(tiny_bert(x).logits, expected)
+    assert id(tiny_bert.bert.encoder.layer[0].attention.self.query.base.weight) == weight_id  # no reload
+
+    merge_lora(tiny_bert)  # switching while merged swaps the merged delta too
+    bank.activate("b")
+    torch.testing.assert_close(tiny_bert(x).logits, yb, atol=1e-5, rtol=0)
+
+    with pytest.raises(ValueError, match=r"unknown adapter 'c'; loaded: \['a', 'b'\]"):
+        bank.activate("c")
+    with pytest.raises(ValueError, match="adapter name 'a' already loaded"):
+        bank.add("a", tmp_path / "a")
+
+
+def test_bank_rejects_adapters_that_cannot_share_the_base(tiny_bert, tmp_path):
+    save_adapter(adapted_bert(tiny_bert, seed=3), tmp_path / "kaiming")
+    save_adapter(adapted_bert(tiny_bert, seed=3, init="pissa"), tmp_path / "pissa")
+    save_adapter(adapted_bert(tiny_bert, seed=3, modules_to_save=()), tmp_path / "no_head")
+    bank = AdapterBank(tiny_bert)
+    bank.add("kaiming", tmp_path / "kaiming")
+    with pytest.raises(ValueError, match="init='pissa'.*cannot share one base"):
+        bank.add("pissa", tmp_path / "pissa")
+    with pytest.raises(ValueError, match=r"keys differ.*missing: \['base_model.model.classifier.bias'"):
+        bank.add("no_head", tmp_path / "no_head")
+    assert bank.names == ["kaiming"]
+
+
+def test_save_requires_lora(tiny_bert, tmp_path):
+    with pytest.raises(ValueError, match="BertForSequenceClassification has no LoRA adapters"):
+        save_adapter(tiny_bert, tmp_path)
