@@ -1,0 +1,132 @@
+"""Scoring: evaluation loss plus the task's metrics, and greedy generations for causal LMs.
+
+Metrics are `evaluate` modules kept in harness/metrics/ and loaded by path: `evaluate.load` on a
+local file works offline, the hub names ("accuracy", "glue") do not. The loss is computed here from
+the logits, not taken from the model, so LoRA-wrapped and plain models are scored by the same code:
+- classification: mean cross-entropy per example; predictions = argmax of the logits.
+- regression: mean squared error per example (what HF's regression head trains on); predictions =
+  the single logit.
+- causal_lm: mean cross-entropy per response token (labels -100 elsewhere), next-token shifted;
+  perplexity = exp(loss).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from harness.tasks import TaskData
+
+METRICS_DIR = Path(__file__).parent / "metrics"
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def available_metrics() -> list[str]:
+    return sorted(p.stem for p in METRICS_DIR.glob("*.py") if not p.stem.startswith("_"))
+
+
+@functools.cache
+def load_metric(name: str):
+    """The evaluate module harness/metrics/<name>.py, loaded once per process."""
+    if name not in available_metrics():
+        raise ValueError(f"unknown metric {name!r}; available: {available_metrics()}")
+    import evaluate
+
+    return evaluate.load(str(METRICS_DIR / f"{name}.py"))
+
+
+def _logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS})
+    if isinstance(out, torch.Tensor):
+        return out
+    return out.logits if hasattr(out, "logits") else out[0]
+
+
+def evaluate_model(model, task: TaskData, batch_size: int, device, autocast=contextlib.nullcontext,
+                   split: str = "eval", max_batches: int | None = None) -> dict[str, float]:
+    """Score `model` on one split: {"loss": .., <metric>: ..} (causal_lm: {"loss", "perplexity"}).
+
+    Runs in eval mode under no_grad and puts the model back in the mode it was in. `autocast` is a
+    zero-argument callable returning a context manager (e.g. a bf16 torch.autocast partial); the
+    loss is computed in float32 either way. `max_batches` scores only the first batches (quick checks).
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0  # examples, or response tokens for causal_lm
+    predictions, references = [], []
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(task.eval_loader(batch_size, split)):
+                if max_batches is not None and i >= max_batches:
+                    break
+                batch = {k: v.to(device) for k, v in batch.items()}
+                with autocast():
+                    logits = _logits(model, batch)
+                logits, labels = logits.float(), batch["labels"]
+                if task.kind == "causal_lm":
+                    targets = labels[:, 1:]  # token t predicts token t+1
+                    loss_sum += F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(),
+                                                ignore_index=-100, reduction="sum")
+                    count += int((targets != -100).sum())
+                    continue
+                if task.kind == "regression":
+                    preds = logits.squeeze(-1)
+                    loss_sum += F.mse_loss(preds, labels, reduction="sum")
+                else:
+                    preds = logits.argmax(-1)
+                    loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+                count += len(labels)
+                predictions += preds.tolist()
+                references += labels.tolist()
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError(f"task {task.name}: nothing to score in split {split!r} (no examples or no response tokens)")
+    results = {"loss": float(loss_sum) / count}
+    if task.kind == "causal_lm":
+        results["perplexity"] = math.exp(results["loss"]) if results["loss"] < 700 else math.inf
+    for name in task.metrics:
+        scores = load_metric(name).compute(predictions=predictions, references=references,
+                                           **task.metric_kwargs.get(name, {}))
+        results.update({k: float(v) for k, v in scores.items()})
+    return results
+
+
+def generate_samples(model, tokenizer, task: TaskData, n: int = 4, max_new_tokens: int = 32,
+                     split: str = "eval") -> list[dict]:
+    """Greedy generations for the first n prompts of a split: [{prompt, reference, generation}].
+
+    One prompt at a time, so no padding side matters; the prompt is encoded exactly as in training
+    (chat template and generation prompt when the tokenizer has one).
+    """
+    from harness.tasks import encode_prompt, end_token_id, pad_token_id
+
+    if task.kind != "causal_lm":
+        raise ValueError(f"task {task.name} is {task.kind}; generations need a causal_lm task")
+    rows = task.raw[split].select(range(min(n, len(task.raw[split]))))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    samples = []
+    try:
+        with torch.no_grad():
+            for row in rows:
+                prompt, reference = row[task.config.prompt_column], row[task.config.response_column]
+                ids = encode_prompt(tokenizer, prompt)[-task.max_length:]
+                input_ids = torch.tensor([ids], device=device)
+                out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                     max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=pad_token_id(tokenizer), eos_token_id=end_token_id(tokenizer))
+                generation = tokenizer.decode(out[0, len(ids):], skip_special_tokens=True).strip()
+                samples.append({"prompt": prompt, "reference": reference, "generation": generation})
+    finally:
+        model.train(was_training)
+    return samples
