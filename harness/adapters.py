@@ -157,10 +157,12 @@ def lora_config_from_peft(config: dict, path="adapter") -> LoraConfig:
     """Our LoraConfig from an adapter_config.json dict; a field we cannot honour is a ValueError."""
     if config.get("peft_type") != "LORA":
         raise ValueError(f"{path}: peft_type={config.get('peft_type')!r}; only 'LORA' adapters are supported")
-    for key, ok in (("use_dora", False), ("bias", "none"), ("layers_to_transform", None),
-                    ("layer_replication", None)):
-        if config.get(key, ok) not in (ok, [] if ok is None else ok):
+    for key, ok in (("use_dora", False), ("lora_bias", False), ("bias", "none")):
+        if config.get(key, ok) != ok:
             raise ValueError(f"{path}: {key}={config[key]!r} is not supported (only {ok!r})")
+    for key in ("layers_to_transform", "layer_replication", "trainable_token_indices", "target_parameters"):
+        if config.get(key):
+            raise ValueError(f"{path}: {key}={config[key]!r} is not supported (only null)")
     init_field = config.get("init_lora_weights", True)
     inits = {True: "kaiming", False: "kaiming", "gaussian": "gaussian", "pissa": "pissa"}
     # False (peft: non-zero B) and gaussian only shape the starting point, which loading overwrites.
@@ -242,6 +244,7 @@ def _copy_in(model: nn.Module, cfg: LoraConfig, tensors: dict[str, torch.Tensor]
     for key, t in tensors.items():
         params[key[len(PREFIX):]].copy_(t)
     for name, layer in layers.items():
+        layer.alpha = cfg.rank_alpha(name)[1]
         layer.scaling = cfg.scaling_for(name)
     for layer in merged:
         layer.merge()

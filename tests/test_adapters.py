@@ -216,3 +216,17 @@ def test_bank_rejects_adapters_that_cannot_share_the_base(tiny_bert, tmp_path):
 def test_save_requires_lora(tiny_bert, tmp_path):
     with pytest.raises(ValueError, match="BertForSequenceClassification has no LoRA adapters"):
         save_adapter(tiny_bert, tmp_path)
+
+
+def test_loads_a_peft_written_folder(tiny_bert, tmp_path):
+    """peft writes no checksum and, for SEQ_CLS, lists both "classifier" and "score" in modules_to_save."""
+    trained = adapted_bert(tiny_bert, seed=3)
+    save_adapter(trained, tmp_path)
+    save_file(load_file(tmp_path / WEIGHTS_NAME), tmp_path / WEIGHTS_NAME, metadata={"format": "pt"})
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config | {"modules_to_save": ["classifier", "score"],
+                                                             "init_lora_weights": False}))
+    load_adapter(tiny_bert, tmp_path)
+    x = ids()
+    assert torch.equal(tiny_bert(x).logits, trained(x).logits)
+    assert tiny_bert.lora_config.modules_to_save == ("classifier",)
