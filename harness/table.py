@@ -269,7 +269,12 @@ def summarize(df: pd.DataFrame, by, metrics, cols: str | None = None) -> pd.Data
     stats.columns = [f"{m}.{'n' if stat == 'count' else stat}" for m, stat in stats.columns]
     stats.insert(0, "n", grouped.size())
     stats["greater_is_better"] = grouped["greater_is_better"].first()
-    summary = stats.reset_index().sort_values(keys, na_position="first", ignore_index=True)
+    summary = stats.reset_index()
+    try:
+        summary = summary.sort_values(keys, na_position="first", ignore_index=True)
+    except TypeError:  # a key holding both numbers and strings ("5e-5" from YAML next to 1e-3): sort as text
+        text = lambda col: col if col.dtype.kind in "ifb" else col.map(lambda v: v if pd.isna(v) else str(v))  # noqa: E731
+        summary = summary.sort_values(keys, na_position="first", ignore_index=True, key=text)
     mains = set(done["metrics.main_metric"].dropna()) if "metrics.main_metric" in done else set()
     summary.attrs = {
         "by": by, "cols": cols, "metrics": metrics,

@@ -137,6 +137,13 @@ def test_summarize_errors():
         T.summarize(df[df["status"] != "completed"], ["method"], DEFAULT)
 
 
+def test_summarize_sorts_keys_of_mixed_types():
+    records = T.load_records([LVF])
+    records[0] = {**records[0], "lr": "5e-5"}  # a learning rate YAML left as text, next to floats
+    s = T.summarize(T.records_frame(records), ["method", "lr"], ["metrics.final.accuracy"])
+    assert s["lr"].tolist() == [5e-05, "5e-5", 0.001] and s["n"].tolist() == [2, 1, 6]  # "5e-05" < "5e-5"
+
+
 def test_resolve_metric():
     df = frame()
     assert T.resolve_metric(df, "main") == "metrics.final.accuracy"  # one main metric in the sweep
