@@ -115,7 +115,8 @@ class TrainerConfig:
 def typed(group: str, schema: type, node: DictConfig):
     """Merge a config group onto its dataclass and build it, turning OmegaConf errors into one line."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
+        values = OmegaConf.to_container(node, resolve=True)  # resolved in place: ${method.r} needs the root
+        merged = OmegaConf.merge(OmegaConf.structured(schema), values)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = f"{group}.{e.full_key}" if getattr(e, "full_key", None) else group

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # A few steps of real Rotten Tomatoes data on a 2-layer, 32-wide BERT: seconds per run.
 TINY_RUN = ("model.name=tiny_bert", "task.limit_train=96", "task.limit_eval=32", "trainer.batch_size=8",
-            "trainer.eval_batch_size=32", "method.r=4", "method.alpha=8", "method.lr=1e-2")
+            "trainer.eval_batch_size=32", "method.lr=1e-2")
 
 
 def cli_env() -> dict:

@@ -36,7 +36,7 @@ def test_sequential_sweep_isolates_a_bad_job_and_streams_each_job_to_its_own_wan
     assert done.exit_code == 0 and failed.exit_code == 1
     assert done.summary["params"]["adapter"] == 2 * 2 * 2 * 64
     assert any("train/loss" in row for row in done.history)
-    assert done.group == "rtest" and done.job_type == "lora" and done.name == "lora-r2-a8-qv-seed0"
+    assert done.group == "rtest" and done.job_type == "lora" and done.name == "lora-r2-a16-qv-seed0"
 
 
 def test_resume_flag_skips_completed_jobs(tiny_model_dir, tmp_path):

@@ -18,10 +18,10 @@ def test_lora_run_writes_complete_record_and_learns(tiny_model_dir, tmp_path):
     rec = read_record(run_dir)
     assert rec["status"] == "completed" and rec["error"] is None
     assert (rec["method"], rec["model"], rec["task"], rec["seed"]) == ("lora", "tiny_bert", "rotten_tomatoes", 0)
-    assert rec["lora"] == {"r": 4, "alpha": 8, "target_modules": ["query", "value"], "dropout": 0.0,
+    assert rec["lora"] == {"r": 8, "alpha": 16, "target_modules": ["query", "value"], "dropout": 0.0,
                            "init": "kaiming", "rslora": False}
-    # r * (in + out) per adapted layer: 2 layers x {query, value} x 4 * (32 + 32), plus the head
-    assert rec["params"]["adapter"] == 2 * 2 * 4 * 64
+    # r * (in + out) per adapted layer: 2 layers x {query, value} x 8 * (32 + 32), plus the head
+    assert rec["params"]["adapter"] == 2 * 2 * 8 * 64
     assert rec["params"]["head"] == (32 * 32 + 32) + (32 * 2 + 2)  # pooler + classifier
     assert rec["params"]["trainable"] == rec["params"]["adapter"] + rec["params"]["head"]
     for key in ("tokens_per_s", "padded_tokens_per_s", "samples_per_s", "step_time_s"):
@@ -34,7 +34,7 @@ def test_lora_run_writes_complete_record_and_learns(tiny_model_dir, tmp_path):
     assert rec["metrics"]["main_metric"] == "accuracy" and rec["steps"] == 12
     assert rec["versions"]["torch"] == torch.__version__.split("+")[0] or rec["versions"]["torch"] == torch.__version__
     assert len(rec["git"]["commit"]) == 40
-    assert rec["config"]["method"]["r"] == 4 and rec["device"] == "cpu"
+    assert rec["config"]["method"]["r"] == 8 and rec["device"] == "cpu"
     assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
     assert not (run_dir / "checkpoints").exists()
     losses = [r["train/loss"] for r in metrics_rows(run_dir) if "train/loss" in r]
@@ -49,7 +49,7 @@ def test_full_finetuning_trains_everything(tiny_model_dir, tmp_path):
     rec = read_record(run_dir)
     assert rec["status"] == "completed" and rec["lora"] is None and rec["method"] == "full"
     assert rec["params"]["trainable"] == rec["params"]["total"] and rec["params"]["adapter"] == 0
-    assert rec["lr"] == 5e-5
+    assert rec["lr"] == 1e-2
 
 
 def test_same_seed_gives_identical_metrics(tiny_model_dir, tmp_path):
