@@ -9,7 +9,7 @@ directly:
 
     harness-table outputs/sweeps/x --by method --cols task --metric main params.trainable   # Table 2
     harness-table outputs/sweeps/x --by lora.target_modules                                  # Table 5
-    harness-table outputs/sweeps/x --by lora.target_modules --cols lora.r --metric main      # Table 6
+    harness-table outputs/sweeps/x --by lora.target_modules --cols lora.r --where method=lora  # Table 6
 
 Statistics: mean and sample std (ddof=1) over the runs of a group; a group of one run has no std
 ("± —"). `n` counts the completed runs of a group; a cell whose metric is null in some runs says
@@ -20,7 +20,8 @@ Best (bold in Markdown, LaTeX and HTML), compared only between rows of the same 
   - the main metric: higher is better unless the runs say `metrics.greater_is_better: false`;
   - `params.*` and `memory.*`, and any metric whose name contains loss, perplexity, error or time:
     lower is better;
-  - everything else (accuracy, f1, throughput.*, ...): higher is better.
+  - everything else (accuracy, f1, tokens/s, ...): higher is better.
+The rules apply in this order, so throughput.step_time_s is lower-is-better.
 """
 
 from __future__ import annotations
