@@ -222,7 +222,8 @@ def test_log_rejects_step_inside_metrics(tmp_path):
 def test_conf_logger_files_load(tmp_path):
     conf = Path(__file__).parents[1] / "conf" / "logger"
     wandb_cfg = OmegaConf.load(conf / "wandb.yaml")
-    assert (wandb_cfg.name, wandb_cfg.project, wandb_cfg.mode, wandb_cfg.dir) == ("wandb", "lora-harness", "offline", None)
+    fields = (wandb_cfg.name, wandb_cfg.project, wandb_cfg.mode, wandb_cfg.dir, wandb_cfg.group)
+    assert fields == ("wandb", "lora-harness", "offline", None, None)
     assert Tracker.start(OmegaConf.load(conf / "none.yaml"), tmp_path, "x", None, "lora", {}).run is None
     tracker = Tracker.start(OmegaConf.merge(wandb_cfg, {"mode": "disabled"}), tmp_path, "x", None, "lora", {})
     assert tracker.mode == "disabled"
