@@ -27,7 +27,8 @@ def wandb_env(monkeypatch, tmp_path):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
-    for var, sub in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data")):
+    for var, sub in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"),
+                     ("XDG_CACHE_HOME", "xdg_cache")):  # wandb-core's own debug logs
         monkeypatch.setenv(var, str(tmp_path / "wandb_home" / sub))
     monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
 
