@@ -22,7 +22,9 @@ def test_sequential_sweep_isolates_a_bad_job_and_streams_each_job_to_its_own_wan
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "1 job(s) did not complete" in proc.stderr and "method.r=0" in proc.stderr
     dirs = job_dirs(sweep)
-    assert [d.name for d in dirs] == ["0_method.r=2", "1_method.r=0", "2_method.r=4"]
+    assert [d.name.split(",")[:2] for d in dirs] == [["0_method.lr=0.01", "method.r=2"],
+                                                     ["1_method.lr=0.01", "method.r=0"],
+                                                     ["2_method.lr=0.01", "method.r=4"]]
     records = [read_record(d) for d in dirs]
     assert [r["status"] for r in records] == ["completed", "failed", "completed"]
     assert "method.r" in records[1]["error"]
@@ -44,7 +46,7 @@ def test_resume_flag_skips_completed_jobs(tiny_model_dir, tmp_path):
     assert run_cli(tiny_model_dir, sweep, "seed=0,1", "trainer.save_model=false", multirun=True).returncode == 0
     first = {d.name: (d / "results.json").stat().st_mtime_ns for d in job_dirs(sweep)}
     proc = run_cli(tiny_model_dir, sweep, "seed=0,1", "trainer.save_model=false", "resume=true", multirun=True)
-    assert proc.returncode == 0 and proc.stderr.count("already completed, skipping") == 2, proc.stderr[-2000:]
+    assert proc.returncode == 0 and proc.stdout.count("already completed, skipping") == 2, proc.stdout[-2000:]
     assert {d.name: (d / "results.json").stat().st_mtime_ns for d in job_dirs(sweep)} == first
 
 
