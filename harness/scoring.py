@@ -34,12 +34,17 @@ def available_metrics() -> list[str]:
 
 @functools.cache
 def load_metric(name: str):
-    """The evaluate module harness/metrics/<name>.py, loaded once per process."""
+    """The evaluate module harness/metrics/<name>.py, loaded once per process.
+
+    keep_in_memory: predictions stay in RAM instead of evaluate's Arrow cache files, so parallel
+    sweep jobs never contend for the same files. (`import evaluate` costs ~3 s once: it imports
+    transformers.pipelines.)
+    """
     if name not in available_metrics():
         raise ValueError(f"unknown metric {name!r}; available: {available_metrics()}")
     import evaluate
 
-    return evaluate.load(str(METRICS_DIR / f"{name}.py"))
+    return evaluate.load(str(METRICS_DIR / f"{name}.py"), keep_in_memory=True)
 
 
 def _logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -135,6 +135,8 @@ class TaskConfig:
         allowed = ["loss", *self.metrics] + (["perplexity"] if self.kind == "causal_lm" else [])
         if self.main_metric not in allowed:
             bad("main_metric", f"choose one of {allowed}")
+        if self.main_metric in ("loss", "perplexity") and self.greater_is_better:
+            bad("greater_is_better", f"main_metric={self.main_metric} is better when lower: set false")
         if self.max_length < 2:
             bad("max_length", "must be >= 2")
         for key in ("limit_train", "limit_eval"):

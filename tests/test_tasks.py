@@ -246,6 +246,35 @@ def test_local_csv_task_end_to_end(tokenizer, tmp_path):
         task.eval_loader(2, split="test")
 
 
+def test_glue_presets_through_the_hub_path(tokenizer, tmp_path, monkeypatch):
+    """No network: datasets.load_dataset is replaced by a stub serving GLUE-shaped splits."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, revision=None):
+        calls.append((path, name, split, revision))
+        n = {"train": 12, "validation": 6, "validation_matched": 5}[split]
+        features = datasets.Features({"sentence1": datasets.Value("string"), "sentence2": datasets.Value("string"),
+                                      "label": datasets.ClassLabel(names=["not_equivalent", "equivalent"]),
+                                      "idx": datasets.Value("int32")})
+        return datasets.Dataset.from_dict({"sentence1": [f"left {i}" for i in range(n)],
+                                           "sentence2": [f"right {i}" for i in range(n)],
+                                           "label": [i % 2 for i in range(n)], "idx": list(range(n))},
+                                          features=features)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    task = build_task(preset("mrpc", cache_dir=str(tmp_path)), tokenizer, seed=0)
+    assert calls == [("nyu-mll/glue", "mrpc", "train", None), ("nyu-mll/glue", "mrpc", "validation", None)]
+    assert (len(task.train), len(task.eval), task.test) == (12, 6, None)
+    assert task.label_names == ["not_equivalent", "equivalent"] and task.metrics == ["accuracy", "f1"]
+    assert task.train["labels"] == [i % 2 for i in range(12)]
+    assert task.train["token_type_ids"][0] == [0, 0, 0, 0, 1, 1, 1]  # [CLS] left 0 [SEP] right 0 [SEP]
+    calls.clear()
+    with pytest.raises(ValueError, match=r"nyu-mll/glue/mnli split 'train': missing column\(s\) \['premise'"):
+        build_task(preset("mnli", cache_dir=str(tmp_path)), tokenizer, seed=0)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Causal LM: loss on response tokens only.
 
@@ -311,6 +340,10 @@ def test_bad_config_values_are_rejected():
         task_config(preset("rotten_tomatoes", metrics=["accuracy"], main_metric="f1"))
     with pytest.raises(ValueError, match="label_names"):
         task_config(preset("rotten_tomatoes", label_names=["a", "b", "c"]))
+    with pytest.raises(ValueError, match="greater_is_better=True.*set false"):
+        task_config(preset("chatterbot", greater_is_better=True))
+    with pytest.raises(ValueError, match="data_files=None is invalid: source=files needs a path"):
+        task_config(preset("local_csv"))  # the template's `data_files: ???`
 
 
 def test_bad_files_name_the_file_and_columns(tokenizer, tmp_path):
