@@ -1,7 +1,6 @@
 """evaluate_model and generate_samples against a dense reference: the same model run one example at a
 time, without padding, with the loss and the metric computed by hand."""
 
-import functools
 import importlib.util
 import json
 import math
@@ -41,7 +40,7 @@ def preset(name, **overrides):
     return {**OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml")), **overrides}
 
 
-def tiny_bert(num_labels):
+def bert_for_minilm_vocab(num_labels):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
@@ -59,7 +58,7 @@ def rotten(tokenizer, cache):
 
 
 def test_classification_matches_the_unpadded_reference(rotten):
-    model = tiny_bert(2)
+    model = bert_for_minilm_vocab(2)
     results = evaluate_model(model, rotten, batch_size=16, device="cpu")
     assert set(results) == {"loss", "accuracy", "f1"}
     losses, correct, tp, fp, fn = [], 0, 0, 0, 0
@@ -80,7 +79,7 @@ def test_classification_matches_the_unpadded_reference(rotten):
 
 
 def test_mode_is_restored_and_max_batches_limits(rotten):
-    model = tiny_bert(2)
+    model = bert_for_minilm_vocab(2)
     model.train()
     evaluate_model(model, rotten, batch_size=16, device="cpu")
     assert model.training and all(m.training for m in model.modules())
@@ -95,7 +94,7 @@ def test_mode_is_restored_and_max_batches_limits(rotten):
 
 
 def test_autocast_context_is_used(rotten):
-    model = tiny_bert(2)
+    model = bert_for_minilm_vocab(2)
     calls = []
 
     def autocast():
@@ -114,7 +113,7 @@ def test_regression_scores_mse_and_correlations(tokenizer, tmp_path):
     cfg = preset("stsb", source="files", path=None, subset=None, data_files=str(path), text_columns=["s1", "s2"],
                  label_column="score", cache_dir=str(tmp_path))
     task = build_task(cfg, tokenizer, seed=0)
-    model = tiny_bert(1)
+    model = bert_for_minilm_vocab(1)
     results = evaluate_model(model, task, batch_size=4, device="cpu")
     with torch.no_grad():
         preds = [model(**model_inputs(e)).logits[0, 0].item() for e in task.eval]
@@ -125,8 +124,7 @@ def test_regression_scores_mse_and_correlations(tokenizer, tmp_path):
     assert set(results) == {"loss", "pearsonr", "spearmanr"}
 
 
-@functools.cache
-def tiny_llama():
+def llama_for_minilm_vocab():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -147,7 +145,7 @@ def chat(tokenizer, tmp_path_factory):
 
 
 def test_causal_loss_is_mean_over_response_tokens(chat):
-    model = tiny_llama()
+    model = llama_for_minilm_vocab()
     results = evaluate_model(model, chat, batch_size=3, device="cpu")
     total, count = 0.0, 0
     with torch.no_grad():
@@ -164,7 +162,7 @@ def test_causal_loss_is_mean_over_response_tokens(chat):
 
 
 def test_generate_samples_is_greedy_decoding(chat, tokenizer):
-    model = tiny_llama()
+    model = llama_for_minilm_vocab()
     model.train()
     samples = generate_samples(model, tokenizer, chat, n=2, max_new_tokens=5)
     assert model.training and [s["prompt"] for s in samples] == chat.raw["eval"]["prompt"][:2]
@@ -184,4 +182,4 @@ def test_generate_samples_is_greedy_decoding(chat, tokenizer):
 
 def test_generate_samples_needs_a_causal_task(rotten, tokenizer):
     with pytest.raises(ValueError, match="rotten_tomatoes is classification"):
-        generate_samples(tiny_bert(2), tokenizer, rotten)
+        generate_samples(bert_for_minilm_vocab(2), tokenizer, rotten)
