@@ -627,8 +627,11 @@ class TaskData:
                      num_workers: int = 0) -> torch.utils.data.DataLoader:
         """Train batches in the order of `train_batches`; skip_batches resumes mid-epoch without reading them."""
         batches = self.train_batches(batch_size, seed, epoch)[skip_batches:]
+        # Its own generator: creating the iterator then draws nothing from the global RNG, so dropout
+        # masks depend only on the steps taken, and a resumed run replays them exactly.
+        generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
         return torch.utils.data.DataLoader(self.train, batch_sampler=batches, collate_fn=self.collate,
-                                           num_workers=num_workers)
+                                           num_workers=num_workers, generator=generator)
 
     def eval_loader(self, batch_size: int, split: str = "eval") -> torch.utils.data.DataLoader:
         """Batches of a split in stored order."""

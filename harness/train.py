@@ -204,11 +204,10 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
     with _Signals() as signals:
         while step < total_steps:
             epoch = step // steps_per_epoch
-            loader = task.train_loader(tcfg.batch_size, cfg.seed, epoch)
-            batches = iter(loader)
-            for _ in range((step % steps_per_epoch) * tcfg.grad_accum):  # resume mid-epoch
-                next(batches)
-            if rng is not None:  # after the loader exists, so its creation draws nothing we replay
+            skip = (step % steps_per_epoch) * tcfg.grad_accum  # resuming mid-epoch
+            batches = iter(task.train_loader(tcfg.batch_size, cfg.seed, epoch, skip_batches=skip,
+                                             num_workers=tcfg.num_workers))
+            if rng is not None:
                 checkpoint.set_rng_state(rng)
                 rng = None
             while step < total_steps:
@@ -250,12 +249,12 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
                 window["time"] += dt
                 if step % tcfg.log_every == 0 or step == total_steps:
                     row = {"epoch": step / steps_per_epoch,
-                           "train/loss": window["loss"] / max(1, window["n"]),
+                           "train/loss": window["loss"] / window["n"] if window["n"] else None,
                            "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
                            "train/tokens_per_s": window["tokens"] / window["time"]}
                     tracker.log(row, step=step)
                     loop["train_loss"] = row["train/loss"]
-                    bar.set_postfix(loss=f"{row['train/loss']:.4f}", tok_s=f"{row['train/tokens_per_s']:.0f}")
+                    bar.set_postfix(loss=row["train/loss"], tok_s=f"{row['train/tokens_per_s']:.0f}")
                     window = loop["window"] = {"loss": 0.0, "n": 0, "tokens": 0, "time": 0.0}
                 end_of_epoch = step % steps_per_epoch == 0
                 if (tcfg.eval_every and step % tcfg.eval_every == 0) or (not tcfg.eval_every and end_of_epoch):
