@@ -36,6 +36,8 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from harness.tracking import record_from_summary
+
 RESULTS = "results.json"
 FORMATS = ("md", "latex", "csv", "html")
 # Keys a sweep varies, in the order they appear as row keys. method and task are always shown; the
@@ -94,10 +96,10 @@ def load_records(paths) -> list[dict]:
 def run_record(run) -> dict:
     """A W&B run as a results record: the trainer mirrors results.json into `run.summary`.
 
-    Keys W&B adds itself (`_step`, `_runtime`, `_wandb`, ...) are dropped; `config` comes from
+    Streamed keys and those W&B adds itself (`_step`, `_runtime`, `_wandb`, ...) are dropped; `config` comes from
     `run.config` unless the summary carries it; a run without a `status` gets one from `run.state`.
     """
-    record = {k: v for k, v in _plain(run.summary).items() if not k.startswith("_")}
+    record = record_from_summary(run.summary)  # drops streamed ("train/loss") and W&B ("_step") keys
     record.setdefault("config", {k: v for k, v in _plain(run.config).items() if not k.startswith("_")})
     state = getattr(run, "state", None)
     record.setdefault("status", {"finished": "completed", "killed": "preempted"}.get(state, state or "unknown"))
