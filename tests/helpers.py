@@ -22,11 +22,11 @@ def cli_env() -> dict:
     return env
 
 
-def run_cli(model_dir, run_dir, *overrides, multirun=False, timeout=300):
+def run_cli(model_dir, run_dir, *overrides, multirun=False, timeout=300, tiny=TINY_RUN):
     """`python -m harness.train` on the tiny model; single runs go to run_dir, sweeps to run_dir/."""
     dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     cmd = [sys.executable, "-m", "harness.train", *(["-m"] if multirun else []),
-           f"model.name_or_path={model_dir}", *TINY_RUN, f"{dir_key}={run_dir}", *overrides]
+           f"model.name_or_path={model_dir}", *tiny, f"{dir_key}={run_dir}", *overrides]
     return subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=timeout)
 
 

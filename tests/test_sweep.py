@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from harness.tracking import read_offline_run
-from tests.helpers import read_record, run_cli, tiny_model_dir  # noqa: F401
+from tests.helpers import TINY_RUN, read_record, run_cli, tiny_model_dir  # noqa: F401
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -60,3 +60,16 @@ def test_submitit_local_launcher_runs_jobs_in_their_own_processes(tiny_model_dir
     assert all(r["status"] == "completed" for r in records)
     assert (sweep / ".submitit").is_dir()
     assert json.loads((job_dirs(sweep)[0] / "results.json").read_text())["sweep"]["dir"] == str(sweep)
+
+
+def test_optuna_sweeper_searches_the_learning_rate_on_the_returned_metric(tiny_model_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    tiny = [o for o in TINY_RUN if not o.startswith("method.lr=")]  # the sweeper sets it
+    proc = run_cli(tiny_model_dir, sweep, "+hparams_search=lora_lr", "hydra.sweeper.n_trials=2", multirun=True,
+                   tiny=tiny)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [read_record(d) for d in job_dirs(sweep)]
+    assert len(records) == 2 and len({r["lr"] for r in records}) == 2
+    assert all(1e-4 <= r["lr"] <= 1e-2 for r in records)
+    best = max(r["metrics"]["final"]["accuracy"] for r in records)
+    assert f"best_value: {best}" in (sweep / "optimization_results.yaml").read_text().replace("'", "")
