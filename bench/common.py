@@ -112,16 +112,43 @@ def machine() -> dict:
     cuda = torch.cuda.is_available()
     return {
         "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "tiny_matmul_ms": tiny_matmul_ms(),
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
         "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
     }
 
 
+def tiny_matmul_ms() -> float:
+    """Median time of a (32, 8) @ (8, 32) matmul: ~0.002 ms on an idle core. On an oversubscribed
+    machine every parallel region waits for a descheduled OpenMP thread, and this reads 5-16 ms;
+    then each op pays that wait, op count swamps FLOPs, and `--threads 1` gives meaningful ratios."""
+    a, b = torch.randn(32, 8), torch.randn(8, 32)
+    ts = []
+    for _ in range(25):
+        t0 = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts[5:]) * 1e3
+
+
+def apply_threads(threads: int | None) -> None:
+    """--threads N: torch intra-op threads (children and sweep jobs inherit it via OMP_NUM_THREADS)."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads={threads}: must be >= 1")
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    ms = tiny_matmul_ms()
+    if ms > 1.0:
+        print(f"warning: a tiny matmul takes {ms:.1f} ms with {torch.get_num_threads()} threads (idle: ~0.002 ms): "
+              f"the cores are oversubscribed and every op waits for a thread; consider --threads 1", file=sys.stderr)
+
+
 def machine_line(m: dict) -> str:
     gpu = f", GPU {m['cuda_device']}" if m.get("cuda_device") else ", no GPU"
     return (f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
-            f"load {m['load_avg_1m']:.1f}{gpu}, torch {m['torch']}")
+            f"load {m['load_avg_1m']:.1f}, tiny matmul {m['tiny_matmul_ms']:.3f} ms{gpu}, torch {m['torch']}")
 
 
 def peak_bf16_flops(device_name: str | None) -> float | None:
@@ -233,6 +260,7 @@ def quiet_transformers() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -389,6 +417,8 @@ def add_common_args(parser, steps: int, warmup: int) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and 2 steps: a smoke test of the script, not a measurement")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/<name>.json)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's); use 1 on an oversubscribed machine")
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -6,8 +6,8 @@ Variants of one (d -> d) layer on `rows` tokens, all timed alternating in one pr
     lora      harness.lora.LoraLinear: base(x) + s * B(A(x)), the scale on the r-wide tensor and
               the add folded into addmm
     loralib   the plain wrapper of loralib: base(x) + (x @ A.T @ B.T) * s
-    inplace   a candidate, not in the harness: y = base(x); y.addmm_(s * A(x), B.T) in place
-              (legal: F.linear saves x and W for backward, never its output)
+    rmajor    a candidate, not in the harness: the same maths with every thin GEMM laid out as
+              (r, .) @ (., N) instead of (N, .) @ (., r), the add in place, dx in one buffer
     dense     the reference y = x @ (W + s * B @ A).T + b, B @ A materialized
     full      a trainable nn.Linear: what full fine-tuning pays for the same layer
 "forward" is a training forward (autograd records the graph); "fwd+bwd" adds backward of a fixed
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from bench import common
 from harness.lora import LoraLinear
 
-VARIANTS = ("base", "lora", "loralib", "inplace", "dense", "full")
+VARIANTS = ("base", "lora", "loralib", "rmajor", "dense", "full")
 
 
 class LoralibLinear(nn.Module):
@@ -49,8 +49,35 @@ class LoralibLinear(nn.Module):
         return m.base(x) + (x @ m.lora_A.weight.t() @ m.lora_B.weight.t()) * m.scaling
 
 
-class InplaceLoraLinear(nn.Module):
-    """Candidate: the residual add written into the base output in place (one full-width pass less)."""
+class _RMajorLora(torch.autograd.Function):
+    """y = x W^T + b + hT^T B^T with hT = s * A x^T of shape (r, N): every thin GEMM has r as its
+    row count, never as its column count (MKL runs (N, in) @ (in, r) 2-6x slower than (r, in) @
+    (in, N) for the same FLOPs), the add is in place, and dx accumulates both paths in one addmm_."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, a, b, scaling):
+        y = torch.addmm(bias, x, weight.t()) if bias is not None else x @ weight.t()
+        ht = torch.mm(a, x.t()).mul_(scaling)  # (r, N)
+        y.addmm_(ht.t(), b.t())
+        ctx.save_for_backward(x, weight, a, b, ht)
+        ctx.scaling = scaling
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, weight, a, b, ht = ctx.saved_tensors
+        ght = torch.mm(b.t(), gy.t()).mul_(ctx.scaling)  # (r, N): d loss / d (A x^T), scale applied
+        grad_a = torch.mm(ght, x)  # (r, in)
+        grad_b = torch.mm(ht, gy).t()  # (out, r), computed as (r, N) @ (N, out)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.mm(gy, weight).addmm_(ght.t(), a)  # base dgrad + adapter dgrad, one buffer
+        return grad_x, None, None, grad_a, grad_b, None
+
+
+class RMajorLoraLinear(nn.Module):
+    """Candidate, not in the harness: LoraLinear's maths with the GEMM layouts of `_RMajorLora`
+    (frozen base, dropout 0 only)."""
 
     def __init__(self, lora: LoraLinear):
         super().__init__()
@@ -58,10 +85,9 @@ class InplaceLoraLinear(nn.Module):
 
     def forward(self, x):
         m = self.lora
-        y = m.base(x)
-        h = m.lora_A(x) * m.scaling  # (..., r)
-        y.view(-1, y.shape[-1]).addmm_(h.view(-1, m.r), m.lora_B.weight.t())
-        return y
+        y = _RMajorLora.apply(x.reshape(-1, m.in_features), m.base.weight, m.base.bias, m.lora_A.weight,
+                              m.lora_B.weight, m.scaling)
+        return y.view(*x.shape[:-1], m.out_features)
 
 
 class DenseLinear(nn.Module):
@@ -85,7 +111,7 @@ def make_layers(d: int, r: int, seed: int = 0) -> dict[str, nn.Module]:
         lora.base.bias.copy_(base.bias)
         nn.init.normal_(lora.lora_B.weight, std=0.02)  # a trained adapter, not the all-zero start
     full = nn.Linear(d, d)
-    return {"base": base, "lora": lora, "loralib": LoralibLinear(lora), "inplace": InplaceLoraLinear(lora),
+    return {"base": base, "lora": lora, "loralib": LoralibLinear(lora), "rmajor": RMajorLoraLinear(lora),
             "dense": DenseLinear(lora), "full": full}
 
 
@@ -101,20 +127,20 @@ def call(module, x, grad, backward: bool, reps: int):
     return run
 
 
-def check_against_dense(d: int = 64, r: int = 8) -> float:
-    """Max abs difference of LoraLinear vs the dense reference: output and A, B gradients (fp64)."""
+def check_against_dense(variant: str = "lora", d: int = 64, r: int = 8) -> float:
+    """Max abs difference of a variant vs the dense reference in fp64: output, dx, dA, dB."""
     layers = make_layers(d, r)
-    lora, dense = layers["lora"].double(), layers["dense"]
-    x = torch.randn(5, 7, d, dtype=torch.float64)
-    g = torch.randn(5, 7, d, dtype=torch.float64)
-    y = lora(x)
-    y.backward(g)
-    ga, gb = lora.lora_A.weight.grad.clone(), lora.lora_B.weight.grad.clone()
-    lora.zero_grad()
-    y_ref = dense(x)
-    y_ref.backward(g)
-    return max((y - y_ref).abs().max().item(), (ga - lora.lora_A.weight.grad).abs().max().item(),
-               (gb - lora.lora_B.weight.grad).abs().max().item())
+    lora = layers["lora"].double()
+
+    def run(name):
+        x = torch.randn(5, 7, d, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        g = torch.randn(5, 7, d, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        lora.zero_grad(set_to_none=True)
+        y = layers[name](x)
+        y.backward(g)
+        return [y, x.grad, lora.lora_A.weight.grad, lora.lora_B.weight.grad]
+
+    return max((a - b).abs().max().item() for a, b in zip(run(variant), run("dense")))
 
 
 def op_census(layer: nn.Module, d: int, r: int) -> dict:
@@ -143,6 +169,7 @@ def main(argv=None) -> None:
                         help="tokens per call for widths >= 2048, whose GEMMs are ~100x dearer (default 256)")
     parser.add_argument("--min-call-s", type=float, default=0.04, help="repeat each op to last about this long")
     args = parser.parse_args(argv)
+    common.apply_threads(args.threads)
     if args.quick:
         args.dims, args.ranks, args.rows, args.rows_4096, args.steps, args.warmup, args.min_call_s = \
             [64], [8], 64, 64, 2, 1, 0.0
@@ -169,23 +196,23 @@ def main(argv=None) -> None:
                     return common.paired_ratio(times[a], times[b])["ratio"]
 
                 out.append([d, r, rows, med["base"], med["lora"], vs("lora", "base"), vs("loralib", "base"),
-                            vs("inplace", "base"), vs("dense", "base"), vs("full", "base"), vs("lora", "full"),
+                            vs("rmajor", "base"), vs("dense", "base"), vs("full", "base"), vs("lora", "full"),
                             f"±{common.summarize(times['lora'])['noise']:.0%}"])
-    cols = ["d", "r", "rows", "base ms", "lora ms", "lora/base", "loralib/base", "inplace/base", "dense/base",
+    cols = ["d", "r", "rows", "base ms", "lora ms", "lora/base", "loralib/base", "rmajor/base", "dense/base",
             "full/base", "lora/full", "lora noise"]
     record.table("LoRA layer, training forward (graph recorded), ratios paired per round", cols, fwd_rows)
     record.table("LoRA layer, forward + backward", cols, bwd_rows,
-                 note="base = frozen Linear; full = trainable Linear; inplace = candidate y.addmm_ (not in harness)")
+                 note="base = frozen Linear; full = trainable Linear; rmajor = candidate layout (not in the harness)")
     d0, r0 = 48, 8  # any small shape: the census is structural; d != 4r so shapes cannot be confused
     census = []
-    for name, p in (("LoraLinear", 0.0), ("LoraLinear", 0.1), ("dense reference", 0.0)):
+    for name, p in (("LoraLinear", 0.0), ("LoraLinear", 0.1), ("rmajor candidate", 0.0), ("dense reference", 0.0)):
         torch.manual_seed(0)
         lora = LoraLinear(nn.Linear(d0, d0), r0, alpha=16, dropout=p)
-        c = op_census(DenseLinear(lora) if name == "dense reference" else lora, d0, r0)
-        census.append([name, p, c["aten_ops"], c["dropout_op"], c["ba_materialized"]])
-    census[0].append(check_against_dense())
-    census[1].append(None)
-    census[2].append(None)
+        wrap = {"dense reference": DenseLinear, "rmajor candidate": RMajorLoraLinear}.get(name, lambda m: m)
+        c = op_census(wrap(lora), d0, r0)
+        diff = {"LoraLinear": check_against_dense("lora") if p == 0 else None,
+                "rmajor candidate": check_against_dense("rmajor")}.get(name)
+        census.append([name, p, c["aten_ops"], c["dropout_op"], c["ba_materialized"], diff])
     record.table("Structure of one fwd+bwd (torch.profiler); the dense row shows the B@A check can fire",
                  ["layer", "dropout", "top-level aten ops", "dropout op", "B@A materialized",
                   "max |diff| vs dense (fp64)"], census)

@@ -177,6 +177,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seq-len", type=int, default=128, help=argparse.SUPPRESS)
     parser.add_argument("--child-steps", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    common.apply_threads(args.threads)
     if args.child:
         return child(args)
     common.quiet_transformers()
@@ -219,7 +220,7 @@ def main(argv=None) -> None:
                          common.mfu(s["flops"], s["median"], dev_name) if dev_name else achieved / 1e9,
                          s["trainable"], s["state"] / common.MIB, s["state"] / full["state"]])
         record.table(f"Training step, B={batch}, T={seq_len} ({device.type}, fused AdamW, model dropout 0.1 on)",
-                     ["config", "step ms", "noise", "tokens/s", "x full FT", "ratio IQR", "FLOP floor",
+                     ["config", "step ms", "noise", "tokens/s", "x full FT", "ratio IQR", "GEMM FLOPs x full",
                       "MFU" if dev_name else "GFLOP/s", "trainable", "train state MiB", "state x full"], rows)
         if dropout_rows:
             pairs = [("full FT, model dropout off", "full FT"), ("LoRA q+v r=8, model dropout off", "LoRA q+v r=8"),
