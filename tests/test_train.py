@@ -1,6 +1,7 @@
 """The real CLI end to end on a tiny BERT: records, determinism, bad overrides, the loop's pieces."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from harness.train import warmup_linear_decay
-from tests.helpers import ROOT, metrics_rows, read_record, run_cli, tiny_model_dir  # noqa: F401
+from tests.helpers import ROOT, metrics_rows, read_record, run_cli, tiny_llama_dir, tiny_model_dir  # noqa: F401
 
 
 def test_lora_run_writes_complete_record_and_learns(tiny_model_dir, tmp_path):
@@ -88,3 +89,30 @@ def test_unknown_group_option_exits_nonzero_naming_choices(tmp_path):
 def test_warmup_then_linear_decay():
     f = warmup_linear_decay(warmup=2, total=6)
     assert [round(f(s), 4) for s in range(7)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
+
+
+def test_gradient_checkpointing_gives_the_same_training(tiny_model_dir, tmp_path):
+    for name, flag in (("plain", "false"), ("ckpt", "true")):
+        proc = run_cli(tiny_model_dir, tmp_path / name, f"trainer.gradient_checkpointing={flag}",
+                       "trainer.save_model=false")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    plain, ckpt = read_record(tmp_path / "plain"), read_record(tmp_path / "ckpt")
+    assert ckpt["metrics"]["final"] == pytest.approx(plain["metrics"]["final"], rel=1e-5)
+    assert ckpt["metrics"]["final"]["accuracy"] == plain["metrics"]["final"]["accuracy"]
+
+
+def test_causal_lm_lora_on_chat_pairs_reports_perplexity_and_generations(tiny_llama_dir, tmp_path):
+    run_dir = tmp_path / "clm"
+    proc = run_cli(tiny_llama_dir, run_dir, "task=chatterbot", "model.name=tiny_llama", "model.head_modules=[]",
+                   "method.target_modules=all-linear", "task.limit_train=64", "task.limit_eval=16",
+                   "trainer.log_every=1", "trainer.epochs=2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = read_record(run_dir)
+    assert rec["status"] == "completed" and rec["task"] == "chatterbot"
+    final = rec["metrics"]["final"]
+    assert final["perplexity"] == pytest.approx(math.exp(final["loss"]), rel=1e-6)
+    # all-linear on Llama: q, k, v, o, gate, up, down in each of 2 layers; never the lm_head
+    assert rec["params"]["head"] == 0 and rec["params"]["adapter"] > 0
+    assert len(rec["generations"]) == 4 and {"prompt", "reference", "generation"} <= set(rec["generations"][0])
+    losses = [r["train/loss"] for r in metrics_rows(run_dir) if "train/loss" in r]
+    assert losses[-1] < losses[0]
