@@ -366,7 +366,8 @@ def run_job(cfg: DictConfig) -> float:
             tracker.finish(record)
         log.info("results: %s", path)
     if record["status"] != "completed":
-        if not multirun:
+        # A preempted sweep must stop (the machine is being taken away); a failed job must not stop it.
+        if not multirun or record["status"] == "preempted":
             sys.exit(1)
         return float("nan")
     return float(record["metrics"]["final"].get(record["metrics"]["main_metric"]) or float("nan"))
