@@ -38,7 +38,7 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
 @dataclass
 class MethodConfig:
     name: str = "lora"
-    lr: float = 1e-3
+    lr: float = 2e-3
     r: int = 8
     alpha: float = 16
     dropout: float = 0.0

@@ -15,6 +15,7 @@ import importlib.util
 import logging
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -89,7 +90,12 @@ def load_model(model_cfg, kind: str, num_labels: int | None = None, tokenizer=No
     cache = _gguf_cache(model_cfg)
     if kind == "causal_lm" and cache is not None and not (cache / "config.json").exists():
         log.info("caching the dequantized %s checkpoint at %s", model_cfg.name, cache)
-        model.save_pretrained(cache)
+        # save_pretrained refuses models loaded from GGUF; the float weights are a plain checkpoint.
+        tmp = cache.with_name(cache.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
+        model.config.save_pretrained(tmp)
         if tokenizer is not None:
-            tokenizer.save_pretrained(cache)
+            tokenizer.save_pretrained(tmp)
+        tmp.rename(cache)  # config.json appears only once the checkpoint is complete
     return model

@@ -106,3 +106,19 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     torch.rand(5)
     checkpoint.set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_sigterm_stops_the_whole_sweep_after_checkpointing(tiny_model_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "harness.train", "-m", f"model.name_or_path={tiny_model_dir}", *TINY_RUN, *SLOW,
+           f"hydra.sweep.dir={sweep}", "seed=0,1"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(sweep.glob("0_*/checkpoints/step_0000004")):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 1
+    (job0,) = sweep.glob("0_*")
+    assert read_record(job0)["status"] == "preempted"
+    assert not list(sweep.glob("1_*"))  # the machine is going away: no next job starts
