@@ -393,7 +393,9 @@ class SweepReport(Callback):
             sys.exit(1)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+# An absolute path: a relative one resolves against the `harness` package when run as a console script.
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent.parent / "conf"),
+            config_name="config")
 def main(cfg: DictConfig) -> float:
     return run_job(cfg)
 

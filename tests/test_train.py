@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +117,11 @@ def test_causal_lm_lora_on_chat_pairs_reports_perplexity_and_generations(tiny_ll
     assert len(rec["generations"]) == 4 and {"prompt", "reference", "generation"} <= set(rec["generations"][0])
     losses = [r["train/loss"] for r in metrics_rows(run_dir) if "train/loss" in r]
     assert losses[-1] < losses[0]
+
+
+def test_console_script_finds_the_configs_from_any_directory(tmp_path):
+    script = Path(sys.executable).parent / "harness-train"
+    proc = subprocess.run([str(script), "--cfg", "job", "method=full"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "name: full" in proc.stdout and "name: minilm" in proc.stdout
