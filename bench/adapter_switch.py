@@ -67,7 +67,7 @@ def main(argv=None) -> None:
     tokenizer = load_tokenizer(model_cfg)
     probe = {k: v for k, v in common.packed_batches(tokenizer, 2, 16, 1)[0].items() if k != "labels"}
     record = common.Record("adapter_switch", {"steps": args.steps, "warmup": args.warmup, "adapters": N_ADAPTERS,
-                                              "quick": args.quick})
+                                              "quick": args.quick}, argv)
     rows, raw = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind_name, kind in KINDS.items():

@@ -164,9 +164,25 @@ def mfu(flops_per_step: float, step_s: float, device_name: str | None) -> float 
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process: VmHWM on Linux, else ru_maxrss.
+
+    Not ru_maxrss on Linux: exec keeps the parent's high-water mark in it (fs/exec.c copies the old
+    mm's hiwater into signal->maxrss), so a child started by a 2.5 GiB parent reads >= 2.5 GiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / MIB if sys.platform == "darwin" else peak / 1024
+
+
+def rss_mib() -> float:
+    """Resident set size of this process now."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / MIB
 
 
 def cuda_peaks_mib() -> dict:
@@ -373,12 +389,13 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
 class Record:
     """Everything one bench run measured; `table` prints a table and keeps it for the JSON file."""
 
-    def __init__(self, name: str, settings: dict):
+    def __init__(self, name: str, settings: dict, argv: Sequence[str] | None = None):
         self.name = name
+        argv = sys.argv[1:] if argv is None else argv
         self.data = {
             "name": name,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "command": "python -m bench." + name + "".join(" " + shlex.quote(a) for a in sys.argv[1:]),
+            "command": "python -m bench." + name + "".join(" " + shlex.quote(str(a)) for a in argv),
             "machine": machine(), "settings": settings, "tables": [], "raw": {},
         }
         self._t0 = time.perf_counter()
@@ -413,10 +430,11 @@ def markdown(record: dict) -> str:
     return "\n".join(out)
 
 
-def add_common_args(parser, steps: int, warmup: int) -> None:
-    """--steps / --warmup / --quick / --out, shared by every script."""
-    parser.add_argument("--steps", type=int, default=steps, help=f"timed rounds per config (default {steps})")
-    parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed rounds first (default {warmup})")
+def add_common_args(parser, steps: int | None = None, warmup: int | None = None) -> None:
+    """--quick / --out / --threads for every script; --steps / --warmup for those that interleave."""
+    if steps is not None:
+        parser.add_argument("--steps", type=int, default=steps, help=f"timed rounds per config (default {steps})")
+        parser.add_argument("--warmup", type=int, default=warmup, help=f"untimed rounds first (default {warmup})")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and 2 steps: a smoke test of the script, not a measurement")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/<name>.json)")

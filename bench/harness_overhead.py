@@ -132,7 +132,7 @@ def window_rate(stamps: dict, per_step: dict, window: tuple[int, int]) -> float:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_common_args(parser, steps=0, warmup=0)
+    common.add_common_args(parser)
     parser.add_argument("--rounds", type=int, default=3, help="runs of each contender, rotated (default 3)")
     parser.add_argument("--no-trainer", action="store_true", help="skip the transformers Trainer")
     args = parser.parse_args(argv)
@@ -161,7 +161,7 @@ def main(argv=None) -> None:
     contenders = ["harness", "bare"] + ([] if args.no_trainer else ["trainer"])
     record = common.Record("harness_overhead", {"rounds": args.rounds, "examples": n_train, "batch_size": batch_size,
                                                 "window": list(window), "harness_overrides": overrides,
-                                                "quick": args.quick})
+                                                "quick": args.quick}, argv)
     results = {c: [] for c in contenders}
     harness_self = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -189,7 +189,8 @@ def main(argv=None) -> None:
         rows.append([c, common.quantiles(rates)[1], tok if c != "trainer" else None, med, f"{q1:.2f}-{q3:.2f}",
                      " ".join(f"{x:.2f}" for x in rates)])
     self_rate = common.quantiles([t["samples_per_s"] for t in harness_self])[1]
-    rows.append(["harness, its own StepTimer", self_rate, common.quantiles([t["tokens_per_s"] for t in harness_self])[1],
+    self_tokens = common.quantiles([t["tokens_per_s"] for t in harness_self])[1]
+    rows.append(["harness, its own StepTimer", self_rate, self_tokens,
                  None, None, "results.json throughput (excludes logging)"])
     record.table(f"Harness overhead: {n_train} reviews, B={batch_size}, steps {window[0] + 1}-{window[1]} wall clock, "
                  f"{args.rounds} rotated rounds in one process",

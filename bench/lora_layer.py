@@ -90,6 +90,20 @@ class RMajorLoraLinear(nn.Module):
         return y.view(*x.shape[:-1], m.out_features)
 
 
+def use_rmajor(model: nn.Module) -> int:
+    """Swap the forward of every (unmerged, dropout-free) LoraLinear in `model` for the r-major
+    candidate, in place, so a whole training step can be timed with it. Returns how many."""
+    from harness.lora import lora_layers
+
+    n = 0
+    for layer in lora_layers(model).values():
+        if isinstance(layer.dropout, nn.Dropout) or layer.merged:
+            raise ValueError("the r-major candidate covers dropout=0, unmerged layers only")
+        layer.forward = RMajorLoraLinear(layer).forward
+        n += 1
+    return n
+
+
 class DenseLinear(nn.Module):
     """The reference: x @ (W + s * B @ A).T + b with the (out, in) update materialized each call."""
 
@@ -165,19 +179,19 @@ def main(argv=None) -> None:
     parser.add_argument("--dims", type=int, nargs="+", default=[384, 768, 4096])
     parser.add_argument("--ranks", type=int, nargs="+", default=[8, 64])
     parser.add_argument("--rows", type=int, default=2048, help="tokens per call (B*T; default 2048 = 16 x 128)")
-    parser.add_argument("--rows-4096", type=int, default=256,
+    parser.add_argument("--rows-wide", type=int, default=256,
                         help="tokens per call for widths >= 2048, whose GEMMs are ~100x dearer (default 256)")
     parser.add_argument("--min-call-s", type=float, default=0.04, help="repeat each op to last about this long")
     args = parser.parse_args(argv)
     common.apply_threads(args.threads)
     if args.quick:
-        args.dims, args.ranks, args.rows, args.rows_4096, args.steps, args.warmup, args.min_call_s = \
+        args.dims, args.ranks, args.rows, args.rows_wide, args.steps, args.warmup, args.min_call_s = \
             [64], [8], 64, 64, 2, 1, 0.0
-    record = common.Record("lora_layer", {k: v for k, v in vars(args).items() if k != "out"})
+    record = common.Record("lora_layer", {k: v for k, v in vars(args).items() if k != "out"}, argv)
     fwd_rows, bwd_rows, raw = [], [], {}
     for d in args.dims:
         for r in args.ranks:
-            rows = args.rows if d < 2048 else args.rows_4096
+            rows = args.rows if d < 2048 else args.rows_wide
             layers = make_layers(d, r)
             x = torch.randn(rows, d, requires_grad=True)
             grad = torch.randn(rows, d)

@@ -67,7 +67,8 @@ def main(argv=None) -> None:
 
     batches = common.packed_batches(load_tokenizer(model_cfg), args.batch, args.seq_len, 4)
     record = common.Record("merged_inference", {"batch": args.batch, "seq_len": args.seq_len, "steps": args.steps,
-                                                "warmup": args.warmup, "device": str(device), "quick": args.quick})
+                                                "warmup": args.warmup, "device": str(device), "quick": args.quick},
+                           argv)
     base, _ = common.build_model(common.method_config("full"), model_cfg, device, optimizer=False)
     models = {"base model": base.eval()}
     diffs = {}

@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     batches = strategies(task, args.batch)
     record = common.Record("padding", {"batch": args.batch, "steps": args.steps, "warmup": args.warmup,
                                        "train_examples": len(task.train), "max_length": task.max_length,
-                                       "quick": args.quick})
+                                       "quick": args.quick}, argv)
     census = []
     for name, bs in batches.items():
         real = sum(int(b["attention_mask"].sum()) for b in bs)

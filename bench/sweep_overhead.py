@@ -67,7 +67,7 @@ def run_sweep(logger: str, overrides: list[str], folder: Path) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    common.add_common_args(parser, steps=0, warmup=0)
+    common.add_common_args(parser)
     parser.add_argument("--loggers", nargs="+", default=["none", "wandb"], choices=["none", "wandb"])
     args = parser.parse_args(argv)
     common.apply_threads(args.threads)
@@ -78,7 +78,7 @@ def main(argv=None) -> None:
         overrides = ["task.limit_train=32", "task.limit_eval=16", "trainer.batch_size=8", "trainer.save_model=false",
                      f"model.name_or_path={common.tiny_model_dir()}", "model.name=tiny_bert"]
     record = common.Record("sweep_overhead", {"sweep": SWEEP, "overrides": overrides, "loggers": args.loggers,
-                                              "quick": args.quick})
+                                              "quick": args.quick}, argv)
     jobs_rows, rows = [], []
     raw = {}
     for logger in args.loggers:

@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -43,12 +45,14 @@ class Config:
     r: int = 8
     lora_dropout: float = 0.0
     model_dropout: bool = True  # False: the checkpoint's 0.1 hidden/attention dropout set to 0
+    rmajor: bool = False  # True: LoraLinear forward swapped for bench.lora_layer's r-major candidate
 
     def method_config(self):
         if self.method == "full":
             return common.method_config("full")
+        targets = self.targets if isinstance(self.targets, str) else list(self.targets)
         return common.method_config("lora", r=self.r, alpha=2 * self.r, dropout=self.lora_dropout,
-                                    target_modules=self.targets if isinstance(self.targets, str) else list(self.targets))
+                                    target_modules=targets)
 
 
 MAIN = (Config("full FT", "full"), Config("LoRA q+v r=8", "lora"),
@@ -57,13 +61,19 @@ DROPOUT = (Config("full FT, model dropout off", "full", model_dropout=False),
            Config("LoRA q+v r=8, model dropout off", "lora", model_dropout=False),
            Config("LoRA all-linear r=8, model dropout off", "lora", "all-linear", model_dropout=False),
            Config("LoRA q+v r=8, + LoRA dropout 0.1", "lora", lora_dropout=0.1))
-CONFIGS = {c.name: c for c in MAIN + DROPOUT}
+CANDIDATE = (Config("LoRA q+v r=8, r-major candidate", "lora", rmajor=True),
+             Config("LoRA all-linear r=8, r-major candidate", "lora", "all-linear", rmajor=True))
+CONFIGS = {c.name: c for c in MAIN + DROPOUT + CANDIDATE}
 
 
 def build(cfg: Config, model_cfg, device):
     model, opt = common.build_model(cfg.method_config(), model_cfg, device)
     if not cfg.model_dropout:
         common.set_model_dropout(model, 0.0)
+    if cfg.rmajor:
+        from bench.lora_layer import use_rmajor
+
+        use_rmajor(model)
     model.train()
     return model, opt
 
@@ -149,22 +159,21 @@ def _name_of(model, module) -> str:
 
 
 def child(args) -> None:
-    """--child NAME: build one config, run a few steps, print its peak memory as one JSON line."""
+    """--child NAME --batches FILE: build one config, run a few steps on the saved batches, print
+    RSS after building and the peak as one JSON line. The batches come from a file so that loading
+    the data set (pandas + datasets, ~2.4 GiB peak here) never sets this process's peak."""
     common.quiet_transformers()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model_cfg = common.model_config(args.quick)
-    from harness.models import load_tokenizer
-
-    batches = common.packed_batches(load_tokenizer(model_cfg), BATCH if not args.quick else 2, args.seq_len, 2)
-    cfg = CONFIGS[args.child]
+    batches = torch.load(args.batches)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    model, opt = build(cfg, model_cfg, device)
+    model, opt = build(CONFIGS[args.child], common.model_config(args.quick), device)
+    loaded = common.rss_mib()
     step = make_step(model, opt, batches, device)
     for _ in range(args.child_steps):
         step()
     common.sync(device)
-    print(json.dumps({"peak_rss_mib": common.peak_rss_mib(), **common.cuda_peaks_mib()}))
+    print(json.dumps({"rss_loaded_mib": loaded, "peak_rss_mib": common.peak_rss_mib(), **common.cuda_peaks_mib()}))
 
 
 def main(argv=None) -> None:
@@ -173,8 +182,10 @@ def main(argv=None) -> None:
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--no-dropout-table", action="store_true", help="skip the dropout rows")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
+    parser.add_argument("--candidate", action="store_true",
+                        help="at the longest T, also time bench.lora_layer's r-major LoRA layout (not in the harness)")
     parser.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
-    parser.add_argument("--seq-len", type=int, default=128, help=argparse.SUPPRESS)
+    parser.add_argument("--batches", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-steps", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     common.apply_threads(args.threads)
@@ -191,15 +202,17 @@ def main(argv=None) -> None:
     tokenizer = load_tokenizer(model_cfg)
     record = common.Record("train_step", {"batch_size": batch, "seq_lens": args.seq_lens, "steps": args.steps,
                                           "warmup": args.warmup, "device": str(device), "quick": args.quick,
-                                          "data": "packed Rotten Tomatoes train reviews, no padding"})
+                                          "data": "packed Rotten Tomatoes train reviews, no padding"}, argv)
     dev_name = record.data["machine"]["cuda_device"]
     for seq_len in args.seq_lens:
         dropout_rows = not args.no_dropout_table and seq_len == max(args.seq_lens)
-        configs = MAIN + (DROPOUT if dropout_rows else ())
+        candidate_rows = args.candidate and seq_len == max(args.seq_lens)
+        configs = MAIN + (DROPOUT if dropout_rows else ()) + (CANDIDATE if candidate_rows else ())
         batches = common.packed_batches(tokenizer, batch, seq_len, 4)
         built = {c.name: build(c, model_cfg, device) for c in configs}
         steps = {name: make_step(m, o, batches, device) for name, (m, o) in built.items()}
-        print(f"T={seq_len}: timing {len(configs)} configs x {args.steps} steps (after {args.warmup} warm-up), alternating")
+        print(f"T={seq_len}: timing {len(configs)} configs x {args.steps} steps (after {args.warmup} warm-up), "
+              "alternating")
         times = common.interleave(steps, args.steps, args.warmup, device)
         record.data["raw"][f"T={seq_len}"] = times
         info = {}
@@ -237,16 +250,32 @@ def main(argv=None) -> None:
                          "method.dropout=0.1 on top of the above"])
             record.table(f"Dropout cost, B={batch}, T={seq_len}: rows timed in the same alternation",
                          ["config", "step ms", "x full FT (dropout off)", "dropout ms/step (paired)", "what"], rows)
+        if candidate_rows:
+            rows = []
+            for cand, ref in zip(CANDIDATE, MAIN[1:3]):
+                rows.append([cand.name, info[cand.name]["median"] * 1e3, info[ref.name]["median"] * 1e3,
+                             common.paired_ratio(times[cand.name], times[ref.name])["ratio"],
+                             common.paired_ratio(times[cand.name], times["full FT"])["ratio"],
+                             common.paired_ratio(times[ref.name], times["full FT"])["ratio"]])
+            record.table(f"r-major LoRA layout candidate (not in the harness), B={batch}, T={seq_len}",
+                         ["config", "step ms", "harness LoRA ms", "x harness LoRA", "candidate x full FT",
+                          "harness LoRA x full FT"], rows)
     if not args.no_rss:
         seq_len = max(args.seq_lens)
         rows = []
-        for c in MAIN[:1] if args.quick else MAIN:
-            print(f"peak RSS: {c.name} in a fresh process")
-            mem = common.run_child("bench.train_step", ["--child", c.name, "--seq-len", str(seq_len)]
-                                   + (["--quick"] if args.quick else []))
-            rows.append([c.name, mem["peak_rss_mib"], mem["cuda_peak_allocated_mib"], mem["cuda_peak_reserved_mib"]])
-        record.table(f"Peak memory, B={batch}, T={seq_len}, one process per config (2 steps)",
-                     ["config", "peak RSS MiB", "CUDA alloc MiB", "CUDA reserved MiB"], rows)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "batches.pt"
+            torch.save(common.packed_batches(tokenizer, batch, seq_len, 2), path)
+            for c in MAIN[:1] if args.quick else MAIN:
+                print(f"peak RSS: {c.name} in a fresh process")
+                mem = common.run_child("bench.train_step", ["--child", c.name, "--batches", str(path)]
+                                       + (["--quick"] if args.quick else []))
+                rows.append([c.name, mem["rss_loaded_mib"], mem["peak_rss_mib"],
+                             mem["peak_rss_mib"] - mem["rss_loaded_mib"], mem["cuda_peak_allocated_mib"],
+                             mem["cuda_peak_reserved_mib"]])
+        record.table(f"Memory, B={batch}, T={seq_len}, one fresh process per config (build, then 2 steps)",
+                     ["config", "RSS built MiB", "peak RSS MiB", "peak - built MiB", "CUDA alloc MiB",
+                      "CUDA reserved MiB"], rows)
     record.write(args.out)
 
 
