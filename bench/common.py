@@ -380,9 +380,11 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence], no
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
-    lines = ["| " + " | ".join(str(c) for c in columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(c if isinstance(c, str) else fmt(c) for c in row) + " |")
+    def cell(c) -> str:  # a bare "|" (as in "max |diff|") would end the cell
+        return (c if isinstance(c, str) else fmt(c)).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(str(c)) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

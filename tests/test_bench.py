@@ -1,0 +1,139 @@
+"""bench/: the timing helpers and FLOP count pinned to hand-computed numbers, the LoRA layer
+candidates against the dense reference, and every script's --quick run (tiny BERT, 1-2 steps)
+writing a record whose checks hold. Timings themselves are not asserted: they are not unit-testable."""
+
+import json
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from bench import (adapter_switch, common, harness_overhead, lora_layer, merged_inference, padding, sweep_overhead,
+                   train_step)
+from harness.lora import LoraLinear, apply_lora
+
+
+def test_interleave_rotates_the_order_and_drops_warmup_rounds():
+    calls = []
+    fns = {n: (lambda n=n: calls.append(n)) for n in "abc"}
+    times = common.interleave(fns, steps=2, warmup=1)
+    assert calls == list("abc" "bca" "cab")
+    assert {n: len(t) for n, t in times.items()} == {"a": 2, "b": 2, "c": 2}
+    with pytest.raises(ValueError, match="steps=0"):
+        common.interleave(fns, steps=0, warmup=0)
+
+
+def test_summary_and_paired_ratio_are_exact():
+    s = common.summarize([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert (s["q1"], s["median"], s["q3"], s["n"]) == (2.0, 3.0, 4.0, 5)
+    assert s["noise"] == pytest.approx(1 / 3)
+    r = common.paired_ratio([2.0, 4.0, 6.0], [1.0, 2.0, 2.0])  # per-round ratios 2, 2, 3
+    assert (r["q1"], r["ratio"], r["q3"]) == (2.0, 2.0, 2.5)
+    with pytest.raises(ValueError, match="equal"):
+        common.paired_ratio([1.0], [1.0, 2.0])
+
+
+def _tiny_bert():
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=37, max_position_embeddings=64, num_labels=2)
+    return BertForSequenceClassification(config)
+
+
+def test_gemm_flops_and_trainable_state_match_a_hand_count():
+    # B=2, T=4: 8 token rows per encoder Linear, 2 rows for pooler and classifier.
+    # forward GEMMs: per layer 2*8*(4*32*32 + 2*32*37) = 103,424; x2 layers, + pooler 4,096 + classifier 256
+    # full FT: every input and weight needs a gradient -> 3 x 211,200; attention 3*4*2*16*32*2 = 24,576
+    full = _tiny_bert()
+    assert train_step.gemm_flops(full, 2, 4) == 3 * 211_200 + 24_576
+    # LoRA q+v r=8 + pooler/classifier: layer 0's q/k/v see frozen embeddings (forward only), the rest
+    # of the encoder forward + input gradient, heads x3; adapter GEMMs are 4,096 each: A x2 in layer 0 (no
+    # input gradient) and x3 in layer 1, B x3
+    lora = _tiny_bert()
+    apply_lora(lora, r=8, alpha=16, target_modules=["query", "value"], modules_to_save=["classifier", "pooler"])
+    expected = 49_152 + 2 * (16_384 + 37_888) + 2 * 103_424 + 3 * (4_096 + 256) + 2 * 20_480 + 2 * 24_576 + 24_576
+    assert train_step.gemm_flops(lora, 2, 4) == expected == 492_288
+    # trainable: 2 layers x {q, v} x 8 x (32 + 32) adapters + pooler 1,056 + classifier 66; 16 bytes each in fp32
+    assert train_step.trainable_state_bytes(lora) == 3_170 * 16
+
+
+def test_lora_layer_candidates_match_dense_and_census_detects_what_it_claims():
+    assert lora_layer.check_against_dense("lora") < 1e-10
+    assert lora_layer.check_against_dense("rmajor") < 1e-10
+    assert lora_layer.check_against_dense("loralib") < 1e-10
+    torch.manual_seed(0)
+    d, r = 48, 8
+    plain = lora_layer.op_census(LoraLinear(torch.nn.Linear(d, d), r, 16), d, r)
+    assert not plain["dropout_op"] and not plain["ba_materialized"]
+    assert lora_layer.op_census(LoraLinear(torch.nn.Linear(d, d), r, 16, dropout=0.1), d, r)["dropout_op"]
+    dense = lora_layer.DenseLinear(LoraLinear(torch.nn.Linear(d, d), r, 16))
+    assert lora_layer.op_census(dense, d, r)["ba_materialized"]
+
+
+def _quick(module, tmp_path, *extra):
+    out = tmp_path / f"{module.__name__.split('.')[-1]}.json"
+    module.main(["--quick", "--threads", "1", "--out", str(out), *extra])
+    rec = json.loads(out.read_text())
+    assert rec["machine"]["torch_threads"] == 1 and rec["settings"]["quick"] is True
+    return {t["title"].split(",")[0].split(":")[0]: t for t in rec["tables"]}
+
+
+def _rows(table):
+    return {row[0]: dict(zip(table["columns"], row)) for row in table["rows"]}
+
+
+def test_train_step_quick(tmp_path):
+    tables = _quick(train_step, tmp_path, "--candidate")
+    rows = _rows(tables["Training step"])
+    assert rows["LoRA q+v r=8"]["trainable"] == 3_170  # the tiny BERT of common.tiny_model_dir, as in the CLI tests
+    assert rows["full FT"]["x full FT"] == 1.0 and rows["full FT"]["GEMM FLOPs x full"] == 1.0
+    assert 0 < rows["LoRA q+v r=8"]["state x full"] < rows["LoRA all-linear r=64"]["state x full"] < 1
+    assert set(_rows(tables["Dropout cost"])) >= {"full FT, model dropout off", "LoRA q+v r=8, + LoRA dropout 0.1"}
+    assert set(_rows(tables["r-major LoRA layout candidate (not in the harness)"])) == {
+        "LoRA q+v r=8, r-major candidate", "LoRA all-linear r=8, r-major candidate"}
+    mem = _rows(tables["Memory"])["full FT"]
+    assert mem["peak RSS MiB"] >= mem["RSS built MiB"] > 100
+
+
+def test_lora_layer_quick(tmp_path):
+    table = _quick(lora_layer, tmp_path)["Structure of one fwd+bwd (torch.profiler); the dense row shows "
+                                         "the B@A check can fire"]
+    census = {(row[0], row[1]): dict(zip(table["columns"], row)) for row in table["rows"]}
+    assert census["LoraLinear", 0.0]["max |diff| vs dense (fp64)"] < 1e-10
+    assert census["rmajor candidate", 0.0]["max |diff| vs dense (fp64)"] < 1e-10
+    assert not census["LoraLinear", 0.0]["dropout op"] and census["LoraLinear", 0.1]["dropout op"]
+    assert census["dense reference", 0.0]["B@A materialized"] and not census["LoraLinear", 0.0]["B@A materialized"]
+
+
+def test_merged_inference_quick(tmp_path):
+    rows = _rows(_quick(merged_inference, tmp_path)["Inference forward"])
+    for name in ("LoRA q+v r=8 merged", "LoRA all-linear r=8 merged"):
+        assert rows[name]["max |logit diff| merged vs unmerged"] < 1e-5
+    assert rows["LoRA q+v r=8 unmerged"]["max |logit diff| vs base"] > 1e-6  # the adapter does change the model
+
+
+def test_adapter_switch_quick(tmp_path):
+    table = _quick(adapter_switch, tmp_path)["Adapter switch on CPU"]
+    assert len(table["rows"]) == 8
+    assert all(row[5] < 1e-5 for row in table["rows"])  # every way of switching gives the fresh load's logits
+
+
+def test_padding_quick(tmp_path):
+    census = _rows(_quick(padding, tmp_path)["Padding census"])
+    real = {r["real tokens"] for r in census.values()}
+    assert len(real) == 1  # the same reviews, batched three ways
+    frac = [census[n]["real fraction"] for n in ("pad to max_length", "dynamic padding", "dynamic + group_by_length")]
+    assert frac[0] < frac[1] <= frac[2] <= 1
+
+
+def test_harness_overhead_quick(tmp_path):
+    rows = _rows(_quick(harness_overhead, tmp_path)["Harness overhead"])
+    assert set(rows) == {"harness", "bare", "trainer", "harness, its own StepTimer"}
+    assert rows["bare"]["x bare (paired)"] == 1.0 and rows["harness"]["samples/s"] > 0
+
+
+def test_sweep_overhead_quick(tmp_path):
+    tables = _quick(sweep_overhead, tmp_path)
+    row = tables["Sweep overhead"]["rows"][0]
+    assert row[1] == 4 and row[-1] == "3 files, 0 written after job 0"  # tokenized once, reused by jobs 1-3
+    assert len(tables["Per job"]["rows"]) == 4
