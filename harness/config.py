@@ -8,6 +8,7 @@ sweep job costs a second, not a model load.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -17,9 +18,14 @@ from omegaconf.errors import OmegaConfBaseException
 from harness.lora import LoraConfig
 
 
-def _dirname(override_dirname: str) -> str:
-    """A folder name from Hydra's override string: never empty, never nested."""
-    return override_dirname.replace("/", "_") or "default"
+def _dirname(override_dirname: str, limit: int = 180) -> str:
+    """A folder name from Hydra's override string: never empty, never nested, never longer than
+    file systems allow (255 bytes): a long one is cut and made unique by a hash of the whole."""
+    name = override_dirname.replace("/", "_") or "default"
+    if len(name.encode()) > limit:
+        digest = hashlib.md5(name.encode()).hexdigest()[:10]
+        name = name.encode()[:limit].decode(errors="ignore") + "~" + digest
+    return name
 
 
 OmegaConf.register_new_resolver("dirname", _dirname, replace=True)

@@ -25,6 +25,7 @@ class StepTimer:
         self.warmup = warmup
         self.device = device
         self.times: list[float] = []
+        self.total_s = 0.0  # every step, warm-up included: the training time of the run
         self.tokens = self.padded_tokens = self.samples = 0
         self._seen = 0
         self._t0 = 0.0
@@ -41,6 +42,7 @@ class StepTimer:
         """Record one step; return its duration in seconds."""
         self._sync()
         dt = time.perf_counter() - self._t0
+        self.total_s += dt
         self._seen += 1
         if self._seen > self.warmup:
             self.times.append(dt)
@@ -63,9 +65,29 @@ class StepTimer:
         }
 
 
+def reset_peak_rss() -> None:
+    """Start a new peak: in a sequential sweep each job must not inherit the earlier jobs' peaks.
+
+    Linux resets VmHWM when "5" is written to /proc/self/clear_refs; elsewhere the peak stays
+    process-wide (ru_maxrss cannot be reset).
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
 def peak_rss_gib() -> float:
-    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """Peak resident set size since the last reset: VmHWM on Linux, else ru_maxrss (process-wide)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / GIB  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / GIB if sys.platform == "darwin" else peak * 1024 / GIB
 
 

@@ -39,7 +39,7 @@ from harness import checkpoint
 from harness.adapters import save_adapter
 from harness.config import ConfigError, MethodConfig, TrainerConfig, validate
 from harness.lora import apply_lora, count_parameters, trainable_state_bytes
-from harness.measure import StepTimer, memory_summary, reset_cuda_peak
+from harness.measure import StepTimer, memory_summary, reset_cuda_peak, reset_peak_rss
 from harness.models import load_model, load_tokenizer
 from harness.results import git_state, read_results, versions, write_results
 from harness.scoring import evaluate_model, generate_samples
@@ -280,6 +280,7 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
     record["throughput"] = timer.summary()
     record["memory"] = memory_summary(device, trainable_state_bytes(model))
     record["steps"], record["epochs"] = step, step / steps_per_epoch
+    record["train_time_s"] = timer.total_s  # training steps only (this process's share if resumed)
     if task.kind == "causal_lm":
         record["generations"] = generate_samples(model, tokenizer, task)
     if tcfg.save_model:
@@ -321,6 +322,7 @@ def _log_traceback_to_file(text: str) -> None:
 def run_job(cfg: DictConfig) -> float:
     """One Hydra job. Returns the main eval metric (what the Optuna sweeper optimizes), NaN on failure."""
     t0 = time.perf_counter()
+    reset_peak_rss()
     run_dir, multirun, sweep = _job_info(cfg)
     previous = read_results(run_dir)
     if cfg.resume and previous and previous.get("status") == "completed":

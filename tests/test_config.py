@@ -72,3 +72,12 @@ def test_bad_config_value_names_key_value_and_rule(override, message):
         validate(composed(override))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_run_folder_names_stay_flat_short_and_unique():
+    from harness.config import _dirname
+
+    assert _dirname("") == "default"
+    assert _dirname("model.name_or_path=/data/m,seed=1") == "model.name_or_path=_data_m,seed=1"
+    long_a, long_b = "x=" + "a" * 300, "x=" + "a" * 299 + "b"
+    assert len(_dirname(long_a)) <= 191 and _dirname(long_a) != _dirname(long_b)

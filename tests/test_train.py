@@ -29,6 +29,7 @@ def test_lora_run_writes_complete_record_and_learns(tiny_model_dir, tmp_path):
     for key in ("tokens_per_s", "padded_tokens_per_s", "samples_per_s", "step_time_s"):
         assert rec["throughput"][key] > 0
     assert rec["throughput"]["tokens_per_s"] < rec["throughput"]["padded_tokens_per_s"]
+    assert 0 < rec["train_time_s"] < rec["wall_time_s"]
     assert rec["memory"]["peak_rss_gib"] > 0 and rec["memory"]["cuda_peak_allocated_gib"] is None
     assert rec["memory"]["state_gib"] == pytest.approx(
         rec["memory"]["param_gib"] + rec["memory"]["grad_gib"] + rec["memory"]["optimizer_gib"])
