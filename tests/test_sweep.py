@@ -73,3 +73,12 @@ def test_optuna_sweeper_searches_the_learning_rate_on_the_returned_metric(tiny_m
     assert all(1e-4 <= r["lr"] <= 1e-2 for r in records)
     best = max(r["metrics"]["final"]["accuracy"] for r in records)
     assert f"best_value: {best}" in (sweep / "optimization_results.yaml").read_text().replace("'", "")
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tiny_model_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(tiny_model_dir, sweep, "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                   "trainer.save_model=false", multirun=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [read_record(d) for d in job_dirs(sweep)]
+    assert [(r["status"], r["seed"]) for r in records] == [("completed", 0), ("completed", 1)]
