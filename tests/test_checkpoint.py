@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from harness import checkpoint
-from tests.helpers import ROOT, TINY_RUN, cli_env, metrics_rows, read_record, run_cli, tiny_model_dir  # noqa: F401
+from tests.helpers import ROOT, TINY_RUN, cli_env, metrics_rows, read_record, run_cli
 
 # Slow enough to interrupt: an evaluation after every one of 2 x 12 steps, dropout on (RNG state
 # matters), checkpoints every 4 steps (step 12 is an epoch boundary).

@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from harness.tracking import read_offline_run
-from tests.helpers import TINY_RUN, read_record, run_cli, tiny_model_dir  # noqa: F401
+from tests.helpers import TINY_RUN, read_record, run_cli
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness.train import warmup_linear_decay
-from tests.helpers import ROOT, metrics_rows, read_record, run_cli, tiny_llama_dir, tiny_model_dir  # noqa: F401
+from tests.helpers import ROOT, metrics_rows, read_record, run_cli
 
 
 def test_lora_run_writes_complete_record_and_learns(tiny_model_dir, tmp_path):
