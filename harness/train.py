@@ -164,7 +164,7 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
     log.info("trainable params %(trainable)s / %(total)s (%(trainable_pct).3f%%)", record["params"])
 
     optimizer = build_optimizer(tcfg, model, method.lr)
-    micro_per_epoch = len(task.train_loader(tcfg.batch_size, cfg.seed, 0))
+    micro_per_epoch = len(task.train_batches(tcfg.batch_size, cfg.seed, 0))
     steps_per_epoch = math.ceil(micro_per_epoch / tcfg.grad_accum)
     total_steps = tcfg.max_steps or math.ceil(tcfg.epochs * steps_per_epoch)
     warmup = int(tcfg.warmup_ratio * total_steps)
