@@ -10,7 +10,7 @@ import torch.nn as nn
 from transformers import BertForSequenceClassification
 from transformers.pytorch_utils import Conv1D
 
-from harness.lora import (LoraConfig, LoraLinear, apply_lora, count_parameters, linear_module_names,
+from harness.lora import (LoraConfig, LoraLinear, _LoraFunction, apply_lora, count_parameters, linear_module_names,
                           lora_layers, merge_lora, trainable_state_bytes, unload_lora, unmerge_lora)
 
 BERT_QV = [f"bert.encoder.layer.{i}.attention.self.{m}" for i in (0, 1) for m in ("query", "value")]
@@ -104,22 +104,73 @@ def test_dropout_only_on_adapter_input():
     torch.manual_seed(0)
     layer = LoraLinear(nn.Linear(64, 8), r=4, alpha=8, dropout=0.5)
     nn.init.normal_(layer.lora_B.weight)
-    seen = {}
-    layer.base.register_forward_pre_hook(lambda m, args: seen.__setitem__("base", args[0]))
-    layer.lora_A.register_forward_pre_hook(lambda m, args: seen.__setitem__("A", args[0]))
     x = torch.randn(16, 64) + 3.0  # no exact zeros in x
+    W, b, A, B = layer.base.weight, layer.base.bias, layer.lora_A.weight, layer.lora_B.weight
 
     layer.train()
-    layer(x)
-    assert seen["base"] is x  # base sees the raw input
-    dropped = seen["A"] == 0
+    torch.manual_seed(5)
+    y = layer(x)
+    torch.manual_seed(5)  # the same draw: dropout is the layer's only random op
+    x_d = nn.functional.dropout(x, 0.5)
+    dropped = x_d == 0
     assert 0.3 < dropped.float().mean().item() < 0.7
-    torch.testing.assert_close(seen["A"][~dropped], 2 * x[~dropped])  # inverted dropout: x / (1 - p)
+    torch.testing.assert_close(x_d[~dropped], 2 * x[~dropped])  # inverted dropout: x / (1 - p)
+    ref = x @ W.T + b + layer.scaling * x_d @ A.T @ B.T  # the base path sees the raw input
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=0)
 
     layer.eval()
-    ref = layer.base(x) + layer.scaling * x @ layer.lora_A.weight.T @ layer.lora_B.weight.T
+    ref = layer.base(x) + layer.scaling * x @ A.T @ B.T
     torch.testing.assert_close(layer(x), ref, atol=1e-5, rtol=0)
     assert torch.equal(layer(x), layer(x))
+
+
+@pytest.mark.parametrize("fan_in_fan_out", [False, True], ids=["linear", "conv1d"])
+@pytest.mark.parametrize("separate_dropout_input", [False, True])
+def test_lora_function_gradcheck(fan_in_fan_out, separate_dropout_input):
+    """The hand-written backward against finite differences, every input differentiable (fp64)."""
+    g = torch.Generator().manual_seed(0)
+
+    def t(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    x, w, bias, a, b = t(6, 5), t(*((5, 4) if fan_in_fan_out else (4, 5))), t(4), t(3, 5), t(4, 3)
+    x_d = t(6, 5) if separate_dropout_input else None
+    assert torch.autograd.gradcheck(lambda *args: _LoraFunction.apply(*args, 1.7, fan_in_fan_out),
+                                    (x, x_d, w, bias, a, b))
+
+
+@pytest.mark.parametrize("base", [nn.Linear(7, 5), Conv1D(nf=5, nx=7)], ids=["linear", "conv1d"])
+def test_gradients_match_dense_reference(base):
+    """dx, dA, dB of the layer (3-d input, frozen base) equal autograd through the dense formula."""
+    torch.manual_seed(0)
+    layer = LoraLinear(base.double(), r=3, alpha=6)
+    nn.init.normal_(layer.lora_B.weight)
+    x = torch.randn(2, 4, 7, dtype=torch.float64, requires_grad=True)
+    gy = torch.randn(2, 4, 5, dtype=torch.float64)
+    layer(x).backward(gy)
+    got = [x.grad, layer.lora_A.weight.grad, layer.lora_B.weight.grad]
+    assert base.weight.grad is None and base.bias.grad is None
+
+    W = base.weight.T if isinstance(base, Conv1D) else base.weight
+    x2, A, B = (t.detach().clone().requires_grad_() for t in (x, layer.lora_A.weight, layer.lora_B.weight))
+    (x2 @ W.T + base.bias + 2.0 * x2 @ A.T @ B.T).backward(gy)
+    for mine, ref in zip(got, [x2.grad, A.grad, B.grad]):
+        torch.testing.assert_close(mine, ref, atol=1e-12, rtol=0)
+
+
+def test_autocast_runs_the_adapter_in_bf16_and_keeps_fp32_grads():
+    torch.manual_seed(0)
+    layer = LoraLinear(nn.Linear(32, 16), r=4, alpha=8)
+    nn.init.normal_(layer.lora_B.weight)
+    x = torch.randn(8, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16  # as nn.Linear under autocast
+    ref = layer.base(x) + layer.scaling * x @ layer.lora_A.weight.T @ layer.lora_B.weight.T
+    torch.testing.assert_close(y.float(), ref, atol=0.1, rtol=0.02)
+    y.float().sum().backward()
+    assert layer.lora_A.weight.grad.dtype == torch.float32 and layer.lora_B.weight.grad.dtype == torch.float32
+    assert layer.lora_B.weight.grad.abs().sum() > 0
 
 
 def test_zero_dropout_is_identity_module():
