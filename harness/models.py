@@ -17,7 +17,7 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,23 @@ def load_tokenizer(model_cfg):
     return tok
 
 
+def checked_config_overrides(model_cfg, path: str, kwargs: dict) -> dict:
+    """`model.config_overrides` ({field: value} set on the checkpoint's transformers config before
+    the model is built, e.g. {hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0} to turn
+    BERT's own dropout off), after checking every key is a field of that config: from_pretrained
+    would otherwise hand an unknown key to the model's constructor and fail far from the cause."""
+    overrides = dict(model_cfg.get("config_overrides") or {})
+    if not overrides:
+        return {}
+    config = AutoConfig.from_pretrained(path, **kwargs)
+    fields = sorted(config.to_dict())
+    for key in overrides:
+        if key not in fields:
+            raise ValueError(f"model.config_overrides key {key!r}: not a field of {type(config).__name__}; "
+                             f"its fields: {fields}")
+    return overrides
+
+
 def load_model(model_cfg, kind: str, num_labels: int | None = None, tokenizer=None) -> torch.nn.Module:
     """Load the pretrained model with the head the task needs.
 
@@ -76,6 +93,7 @@ def load_model(model_cfg, kind: str, num_labels: int | None = None, tokenizer=No
     """
     path, kwargs = _source(model_cfg)
     kwargs["trust_remote_code"] = bool(model_cfg.get("trust_remote_code", False))
+    kwargs.update(checked_config_overrides(model_cfg, path, kwargs))
     kwargs["dtype"] = DTYPES[model_cfg.get("dtype", "float32")]
     if kind == "causal_lm":
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)

@@ -70,6 +70,7 @@ def test_same_seed_gives_identical_metrics(tiny_model_dir, tmp_path):
     ("method.lr=-1", "method.lr=-1.0 is invalid: must be > 0"),
     ("method.r=0", "method.r"),
     ("trainer.batch_size=0", "trainer.batch_size=0 is invalid: must be >= 1"),
+    ("model.config_overrides={hidden_dropout:0}", "model.config_overrides key 'hidden_dropout': not a field of BertConfig"),
 ])
 def test_bad_value_fails_with_one_line_and_failed_record(tiny_model_dir, tmp_path, override, message):
     proc = run_cli(tiny_model_dir, tmp_path / "bad", override)
