@@ -3,11 +3,9 @@ trainable Linear, for square layers of typical widths (384 MiniLM, 768 BERT-base
 
 Variants of one (d -> d) layer on `rows` tokens, all timed alternating in one process:
     base      the frozen nn.Linear alone (input requires grad, as inside a network: dgrad only)
-    lora      harness.lora.LoraLinear: base(x) + s * B(A(x)), the scale on the r-wide tensor and
-              the add folded into addmm
-    loralib   the plain wrapper of loralib: base(x) + (x @ A.T @ B.T) * s
-    rmajor    a candidate, not in the harness: the same maths with every thin GEMM laid out as
-              (r, .) @ (., N) instead of (N, .) @ (., r), the add in place, dx in one buffer
+    lora      harness.lora.LoraLinear: its autograd Function keeps every thin GEMM laid out as
+              (r, .) @ (., N) instead of (N, .) @ (., r), adds in place, sums dx in one buffer
+    loralib   the plain wrapper of loralib: base(x) + (x @ A.T @ B.T) * s, autograd's backward
     dense     the reference y = x @ (W + s * B @ A).T + b, B @ A materialized
     full      a trainable nn.Linear: what full fine-tuning pays for the same layer
 "forward" is a training forward (autograd records the graph); "fwd+bwd" adds backward of a fixed
@@ -34,7 +32,7 @@ import torch.nn.functional as F
 from bench import common
 from harness.lora import LoraLinear
 
-VARIANTS = ("base", "lora", "loralib", "rmajor", "dense", "full")
+VARIANTS = ("base", "lora", "loralib", "dense", "full")
 
 
 class LoralibLinear(nn.Module):
@@ -49,57 +47,17 @@ class LoralibLinear(nn.Module):
         return m.base(x) + (x @ m.lora_A.weight.t() @ m.lora_B.weight.t()) * m.scaling
 
 
-class _RMajorLora(torch.autograd.Function):
-    """y = x W^T + b + hT^T B^T with hT = s * A x^T of shape (r, N): every thin GEMM has r as its
-    row count, never as its column count (MKL runs (N, in) @ (in, r) 2-6x slower than (r, in) @
-    (in, N) for the same FLOPs), the add is in place, and dx accumulates both paths in one addmm_."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, a, b, scaling):
-        y = torch.addmm(bias, x, weight.t()) if bias is not None else x @ weight.t()
-        ht = torch.mm(a, x.t()).mul_(scaling)  # (r, N)
-        y.addmm_(ht.t(), b.t())
-        ctx.save_for_backward(x, weight, a, b, ht)
-        ctx.scaling = scaling
-        return y
-
-    @staticmethod
-    def backward(ctx, gy):
-        x, weight, a, b, ht = ctx.saved_tensors
-        ght = torch.mm(b.t(), gy.t()).mul_(ctx.scaling)  # (r, N): d loss / d (A x^T), scale applied
-        grad_a = torch.mm(ght, x)  # (r, in)
-        grad_b = torch.mm(ht, gy).t()  # (out, r), computed as (r, N) @ (N, out)
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.mm(gy, weight).addmm_(ght.t(), a)  # base dgrad + adapter dgrad, one buffer
-        return grad_x, None, None, grad_a, grad_b, None
-
-
-class RMajorLoraLinear(nn.Module):
-    """Candidate, not in the harness: LoraLinear's maths with the GEMM layouts of `_RMajorLora`
-    (frozen base, dropout 0 only)."""
-
-    def __init__(self, lora: LoraLinear):
-        super().__init__()
-        self.lora = lora
-
-    def forward(self, x):
-        m = self.lora
-        y = _RMajorLora.apply(x.reshape(-1, m.in_features), m.base.weight, m.base.bias, m.lora_A.weight,
-                              m.lora_B.weight, m.scaling)
-        return y.view(*x.shape[:-1], m.out_features)
-
-
-def use_rmajor(model: nn.Module) -> int:
-    """Swap the forward of every (unmerged, dropout-free) LoraLinear in `model` for the r-major
-    candidate, in place, so a whole training step can be timed with it. Returns how many."""
+def use_plain(model: nn.Module) -> int:
+    """Swap the forward of every (unmerged, dropout-free) LoraLinear in `model` for loralib's plain
+    wrapper, in place, so a whole training step can be timed with the layout LoraLinear replaced.
+    Returns how many layers were swapped."""
     from harness.lora import lora_layers
 
     n = 0
     for layer in lora_layers(model).values():
         if isinstance(layer.dropout, nn.Dropout) or layer.merged:
-            raise ValueError("the r-major candidate covers dropout=0, unmerged layers only")
-        layer.forward = RMajorLoraLinear(layer).forward
+            raise ValueError("the plain-wrapper comparison covers dropout=0, unmerged layers only")
+        layer.forward = LoralibLinear(layer).forward
         n += 1
     return n
 
@@ -125,8 +83,7 @@ def make_layers(d: int, r: int, seed: int = 0) -> dict[str, nn.Module]:
         lora.base.bias.copy_(base.bias)
         nn.init.normal_(lora.lora_B.weight, std=0.02)  # a trained adapter, not the all-zero start
     full = nn.Linear(d, d)
-    return {"base": base, "lora": lora, "loralib": LoralibLinear(lora), "rmajor": RMajorLoraLinear(lora),
-            "dense": DenseLinear(lora), "full": full}
+    return {"base": base, "lora": lora, "loralib": LoralibLinear(lora), "dense": DenseLinear(lora), "full": full}
 
 
 def call(module, x, grad, backward: bool, reps: int):
@@ -210,22 +167,22 @@ def main(argv=None) -> None:
                     return common.paired_ratio(times[a], times[b])["ratio"]
 
                 out.append([d, r, rows, med["base"], med["lora"], vs("lora", "base"), vs("loralib", "base"),
-                            vs("rmajor", "base"), vs("dense", "base"), vs("full", "base"), vs("lora", "full"),
+                            vs("dense", "base"), vs("full", "base"), vs("lora", "full"),
                             f"±{common.summarize(times['lora'])['noise']:.0%}"])
-    cols = ["d", "r", "rows", "base ms", "lora ms", "lora/base", "loralib/base", "rmajor/base", "dense/base",
+    cols = ["d", "r", "rows", "base ms", "lora ms", "lora/base", "loralib/base", "dense/base",
             "full/base", "lora/full", "lora noise"]
     record.table("LoRA layer, training forward (graph recorded), ratios paired per round", cols, fwd_rows)
     record.table("LoRA layer, forward + backward", cols, bwd_rows,
-                 note="base = frozen Linear; full = trainable Linear; rmajor = candidate layout (not in the harness)")
+                 note="base = frozen Linear; full = trainable Linear; loralib = plain two-Linear wrapper")
     d0, r0 = 48, 8  # any small shape: the census is structural; d != 4r so shapes cannot be confused
     census = []
-    for name, p in (("LoraLinear", 0.0), ("LoraLinear", 0.1), ("rmajor candidate", 0.0), ("dense reference", 0.0)):
+    for name, p in (("LoraLinear", 0.0), ("LoraLinear", 0.1), ("loralib wrapper", 0.0), ("dense reference", 0.0)):
         torch.manual_seed(0)
         lora = LoraLinear(nn.Linear(d0, d0), r0, alpha=16, dropout=p)
-        wrap = {"dense reference": DenseLinear, "rmajor candidate": RMajorLoraLinear}.get(name, lambda m: m)
+        wrap = {"dense reference": DenseLinear, "loralib wrapper": LoralibLinear}.get(name, lambda m: m)
         c = op_census(wrap(lora), d0, r0)
         diff = {"LoraLinear": check_against_dense("lora") if p == 0 else None,
-                "rmajor candidate": check_against_dense("rmajor")}.get(name)
+                "loralib wrapper": check_against_dense("loralib")}.get(name)
         census.append([name, p, c["aten_ops"], c["dropout_op"], c["ba_materialized"], diff])
     record.table("Structure of one fwd+bwd (torch.profiler); the dense row shows the B@A check can fire",
                  ["layer", "dropout", "top-level aten ops", "dropout op", "B@A materialized",

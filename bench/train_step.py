@@ -45,7 +45,7 @@ class Config:
     r: int = 8
     lora_dropout: float = 0.0
     model_dropout: bool = True  # False: the checkpoint's 0.1 hidden/attention dropout set to 0
-    rmajor: bool = False  # True: LoraLinear forward swapped for bench.lora_layer's r-major candidate
+    plain: bool = False  # True: LoraLinear forward swapped for loralib's plain wrapper (bench.lora_layer)
 
     def method_config(self):
         if self.method == "full":
@@ -61,19 +61,19 @@ DROPOUT = (Config("full FT, model dropout off", "full", model_dropout=False),
            Config("LoRA q+v r=8, model dropout off", "lora", model_dropout=False),
            Config("LoRA all-linear r=8, model dropout off", "lora", "all-linear", model_dropout=False),
            Config("LoRA q+v r=8, + LoRA dropout 0.1", "lora", lora_dropout=0.1))
-CANDIDATE = (Config("LoRA q+v r=8, r-major candidate", "lora", rmajor=True),
-             Config("LoRA all-linear r=8, r-major candidate", "lora", "all-linear", rmajor=True))
-CONFIGS = {c.name: c for c in MAIN + DROPOUT + CANDIDATE}
+PLAIN = (Config("LoRA q+v r=8, plain wrapper", "lora", plain=True),
+         Config("LoRA all-linear r=8, plain wrapper", "lora", "all-linear", plain=True))
+CONFIGS = {c.name: c for c in MAIN + DROPOUT + PLAIN}
 
 
 def build(cfg: Config, model_cfg, device):
     model, opt = common.build_model(cfg.method_config(), model_cfg, device)
     if not cfg.model_dropout:
         common.set_model_dropout(model, 0.0)
-    if cfg.rmajor:
-        from bench.lora_layer import use_rmajor
+    if cfg.plain:
+        from bench.lora_layer import use_plain
 
-        use_rmajor(model)
+        use_plain(model)
     model.train()
     return model, opt
 
@@ -182,8 +182,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--no-dropout-table", action="store_true", help="skip the dropout rows")
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
-    parser.add_argument("--candidate", action="store_true",
-                        help="at the longest T, also time bench.lora_layer's r-major LoRA layout (not in the harness)")
+    parser.add_argument("--plain", action="store_true",
+                        help="at the longest T, also time LoRA with loralib's plain wrapper layout instead of LoraLinear's")
     parser.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--batches", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-steps", type=int, default=2, help=argparse.SUPPRESS)
@@ -206,8 +206,8 @@ def main(argv=None) -> None:
     dev_name = record.data["machine"]["cuda_device"]
     for seq_len in args.seq_lens:
         dropout_rows = not args.no_dropout_table and seq_len == max(args.seq_lens)
-        candidate_rows = args.candidate and seq_len == max(args.seq_lens)
-        configs = MAIN + (DROPOUT if dropout_rows else ()) + (CANDIDATE if candidate_rows else ())
+        plain_rows = args.plain and seq_len == max(args.seq_lens)
+        configs = MAIN + (DROPOUT if dropout_rows else ()) + (PLAIN if plain_rows else ())
         batches = common.packed_batches(tokenizer, batch, seq_len, 4)
         built = {c.name: build(c, model_cfg, device) for c in configs}
         steps = {name: make_step(m, o, batches, device) for name, (m, o) in built.items()}
@@ -250,15 +250,15 @@ def main(argv=None) -> None:
                          "method.dropout=0.1 on top of the above"])
             record.table(f"Dropout cost, B={batch}, T={seq_len}: rows timed in the same alternation",
                          ["config", "step ms", "x full FT (dropout off)", "dropout ms/step (paired)", "what"], rows)
-        if candidate_rows:
+        if plain_rows:
             rows = []
-            for cand, ref in zip(CANDIDATE, MAIN[1:3]):
+            for cand, ref in zip(PLAIN, MAIN[1:3]):
                 rows.append([cand.name, info[cand.name]["median"] * 1e3, info[ref.name]["median"] * 1e3,
                              common.paired_ratio(times[cand.name], times[ref.name])["ratio"],
                              common.paired_ratio(times[cand.name], times["full FT"])["ratio"],
                              common.paired_ratio(times[ref.name], times["full FT"])["ratio"]])
-            record.table(f"r-major LoRA layout candidate (not in the harness), B={batch}, T={seq_len}",
-                         ["config", "step ms", "harness LoRA ms", "x harness LoRA", "candidate x full FT",
+            record.table(f"LoRA layer layout: loralib's plain wrapper vs harness LoraLinear, B={batch}, T={seq_len}",
+                         ["config", "step ms", "harness LoRA ms", "x harness LoRA", "plain x full FT",
                           "harness LoRA x full FT"], rows)
     if not args.no_rss:
         seq_len = max(args.seq_lens)

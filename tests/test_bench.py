@@ -1,5 +1,5 @@
 """bench/: the timing helpers and FLOP count pinned to hand-computed numbers, the LoRA layer
-candidates against the dense reference, and every script's --quick run (tiny BERT, 1-2 steps)
+variants against the dense reference, and every script's --quick run (tiny BERT, 1-2 steps)
 writing a record whose checks hold. Timings themselves are not asserted: they are not unit-testable."""
 
 import json
@@ -57,9 +57,8 @@ def test_gemm_flops_and_trainable_state_match_a_hand_count():
     assert train_step.trainable_state_bytes(lora) == 3_170 * 16
 
 
-def test_lora_layer_candidates_match_dense_and_census_detects_what_it_claims():
+def test_lora_layer_variants_match_dense_and_census_detects_what_it_claims():
     assert lora_layer.check_against_dense("lora") < 1e-10
-    assert lora_layer.check_against_dense("rmajor") < 1e-10
     assert lora_layer.check_against_dense("loralib") < 1e-10
     torch.manual_seed(0)
     d, r = 48, 8
@@ -83,14 +82,14 @@ def _rows(table):
 
 
 def test_train_step_quick(tmp_path):
-    tables = _quick(train_step, tmp_path, "--candidate")
+    tables = _quick(train_step, tmp_path, "--plain")
     rows = _rows(tables["Training step"])
     assert rows["LoRA q+v r=8"]["trainable"] == 3_170  # the tiny BERT of common.tiny_model_dir, as in the CLI tests
     assert rows["full FT"]["x full FT"] == 1.0 and rows["full FT"]["GEMM FLOPs x full"] == 1.0
     assert 0 < rows["LoRA q+v r=8"]["state x full"] < rows["LoRA all-linear r=64"]["state x full"] < 1
     assert set(_rows(tables["Dropout cost"])) >= {"full FT, model dropout off", "LoRA q+v r=8, + LoRA dropout 0.1"}
-    assert set(_rows(tables["r-major LoRA layout candidate (not in the harness)"])) == {
-        "LoRA q+v r=8, r-major candidate", "LoRA all-linear r=8, r-major candidate"}
+    assert set(_rows(tables["LoRA layer layout"])) == {
+        "LoRA q+v r=8, plain wrapper", "LoRA all-linear r=8, plain wrapper"}
     mem = _rows(tables["Memory"])["full FT"]
     assert mem["peak RSS MiB"] >= mem["RSS built MiB"] > 100
 
@@ -100,7 +99,7 @@ def test_lora_layer_quick(tmp_path):
                                          "the B@A check can fire"]
     census = {(row[0], row[1]): dict(zip(table["columns"], row)) for row in table["rows"]}
     assert census["LoraLinear", 0.0]["max |diff| vs dense (fp64)"] < 1e-10
-    assert census["rmajor candidate", 0.0]["max |diff| vs dense (fp64)"] < 1e-10
+    assert census["loralib wrapper", 0.0]["max |diff| vs dense (fp64)"] < 1e-10
     assert not census["LoraLinear", 0.0]["dropout op"] and census["LoraLinear", 0.1]["dropout op"]
     assert census["dense reference", 0.0]["B@A materialized"] and not census["LoraLinear", 0.0]["B@A materialized"]
 
