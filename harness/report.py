@@ -266,7 +266,7 @@ def write_report(paths, out, by=None, best: bool = False, title: str | None = No
     df = T.records_frame(T.load_records(paths))
     if T.completed(df).empty:
         raise ValueError(f"no completed runs among {len(df)} results under {', '.join(map(str, paths))}")
-    by = list(by) if by else T.default_by(df)
+    by = [T.resolve_key(df, k) for k in by] if by else T.default_by(df)
     T.check_keys(df, by)
     main = T.resolve_metric(df, "main", best)
     metrics = [main] + [m for m in ("params.trainable", *THROUGHPUT, *MEMORY) if m in df]

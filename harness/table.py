@@ -236,6 +236,11 @@ def available_metrics(df: pd.DataFrame) -> list[str]:
     return ["main", *evals, *sorted(numeric)]
 
 
+def resolve_key(df: pd.DataFrame, key: str) -> str:
+    """A column name, accepting the override spelling too: `method.lr` finds `config.method.lr`."""
+    return key if key in df or f"config.{key}" not in df else f"config.{key}"
+
+
 def check_keys(df: pd.DataFrame, keys) -> None:
     unknown = [k for k in keys if k not in df]
     if unknown:
@@ -580,6 +585,7 @@ def select(df: pd.DataFrame, conditions) -> pd.DataFrame:
         key, sep, value = condition.partition("=")
         if not sep:
             raise ValueError(f"--where wants KEY=VALUE, got {condition!r}")
+        key = resolve_key(df, key)
         check_keys(df, [key])
         df = df[df[key].map(key_text) == value]
     return df
@@ -595,8 +601,9 @@ def build(args) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
         raise ValueError("give sweep folders (PATH ...) or --wandb ENTITY/PROJECT")
     df = select(records_frame(records), args.where)
     if args.cols:
+        args.cols = resolve_key(df, args.cols)
         check_keys(df, [args.cols])
-    by = _split(args.by) or default_by(df, args.cols)
+    by = [resolve_key(df, k) for k in _split(args.by)] or default_by(df, args.cols)
     check_keys(df, by)
     names = _split(args.metric) or [m for m in DEFAULT_METRICS if m == "main" or m in df]
     metrics = list(dict.fromkeys(resolve_metric(df, name, args.best) for name in names))

@@ -370,6 +370,13 @@ def test_cli_pivot_best_and_where(capsys):
     assert "% Not averaged: 2 run(s)" in out
 
 
+def test_cli_keys_accept_the_override_spelling(capsys):
+    """`method.lr` as typed on the harness-train command line finds the record's config.method.lr."""
+    assert T.main([str(LVF), "--by", "method.lr", "--metric", "accuracy", "--where", "method.name=full"]) == 0
+    out = capsys.readouterr().out
+    assert "| config.method.lr |" in out and "0.8200 ± 0.0200" in out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--by", "nope"], "unknown key 'nope'; available keys: status, error, method"),
     (["--cols", "lora.rank"], "unknown key 'lora.rank'"),
