@@ -119,3 +119,25 @@ def test_best_flag_uses_best_evaluation(tmp_path):
     page = (tmp_path / "index.html").read_text()
     assert "Main metric: accuracy (best)." in page
     assert "<strong>0.8500 ± 0.0100</strong>" in page  # r=4 is best at its best evaluation
+
+
+def test_publish_script_writes_a_study_folder(tmp_path):
+    """experiments/publish.sh: every job's record and curve, the three table formats, the report."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", METRICS="main")
+    root = Path(__file__).parents[1]
+    proc = subprocess.run(["bash", str(root / "experiments" / "publish.sh"), str(LVF), str(tmp_path / "study"),
+                           "method", "lora.r"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    study = tmp_path / "study"
+    jobs = sorted(p.name for p in LVF.iterdir() if (p / "results.json").exists())
+    assert sorted(p.name for p in (study / "results").iterdir()) == jobs
+    assert all((study / "results" / j / "metrics.jsonl").exists() == (LVF / j / "metrics.jsonl").exists() for j in jobs)
+    md = (study / "table.md").read_text()
+    assert "| method | lora.r | n   | accuracy" in md and "0.8200 ± 0.0200" in md  # full FT, hand-computed
+    assert "\\toprule" in (study / "table.tex").read_text()
+    assert (study / "table.csv").read_text().startswith("method,lora.r,n,")
+    assert (study / "report" / "index.html").exists() and (study / "report" / "metric_vs_rank.png").exists()
