@@ -187,10 +187,11 @@ class LoraLinear(nn.Module):
         y = base(x) + scaling * B(A(dropout(x))),   A: (r, in), B: (out, r), scaling = alpha / r
 
     (alpha / sqrt(r) with rsLoRA). Dropout touches only the adapter input. Two small matmuls per
-    call (`_LoraFunction`, which reads base.weight / base.bias directly: base's own forward and its
-    hooks run only while merged); B @ A is never materialized except by `merge`, which folds it
-    into `base.weight` so that forward is just `base(x)` (adapters get no gradient while merged). Conv1D (GPT-2) stores its
-    weight as (in, out); A and B keep the Linear layout either way, as peft's files do.
+    call (`_LoraFunction`, which reads base.weight / base.bias directly: base's own forward and
+    its hooks run only while merged); B @ A is never materialized except by `merge`, which folds
+    it into `base.weight` so that forward is just `base(x)` (adapters get no gradient while
+    merged). Conv1D (GPT-2) stores its weight as (in, out); A and B keep the Linear layout either
+    way, as peft's files do.
     """
 
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0,
@@ -262,7 +263,8 @@ class LoraLinear(nn.Module):
         if torch.is_autocast_enabled(x.device.type):
             # Cast here, where autograd sees it, so the Function's backward runs in one dtype.
             dtype = torch.get_autocast_dtype(x.device.type)
-            x, xd, w, a, b = (t.to(dtype) for t in (x, xd, w, a, b))
+            x, w, a, b = (t.to(dtype) for t in (x, w, a, b))
+            xd = x if same else xd.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
         flat = x.reshape(-1, self.in_features)
         flat_d = None if same else xd.reshape(-1, self.in_features)
