@@ -17,7 +17,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -27,6 +26,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+
+from harness.measure import peak_rss_gib
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -164,18 +165,8 @@ def mfu(flops_per_step: float, step_s: float, device_name: str | None) -> float 
 
 
 def peak_rss_mib() -> float:
-    """Peak resident set size of this process: VmHWM on Linux, else ru_maxrss.
-
-    Not ru_maxrss on Linux: exec keeps the parent's high-water mark in it (fs/exec.c copies the old
-    mm's hiwater into signal->maxrss), so a child started by a 2.5 GiB parent reads >= 2.5 GiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / MIB if sys.platform == "darwin" else peak / 1024
+    """Peak resident set size of this process: the harness's own measure (VmHWM on Linux), in MiB."""
+    return peak_rss_gib() * GIB / MIB
 
 
 def rss_mib() -> float:

@@ -79,7 +79,10 @@ def reset_peak_rss() -> None:
 
 
 def peak_rss_gib() -> float:
-    """Peak resident set size since the last reset: VmHWM on Linux, else ru_maxrss (process-wide)."""
+    """Peak resident set size since the last reset: VmHWM on Linux, else ru_maxrss (process-wide).
+
+    Not ru_maxrss on Linux: exec keeps the parent's high-water mark in it (fs/exec.c copies the old
+    mm's hiwater into signal->maxrss), so a child started by a 2.5 GiB parent reads >= 2.5 GiB."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
