@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 
 # A few steps of real Rotten Tomatoes data on a 2-layer, 32-wide BERT: seconds per run.
