@@ -85,6 +85,43 @@ def checked_config_overrides(model_cfg, path: str, kwargs: dict) -> dict:
     return overrides
 
 
+def dropout_fields(config) -> list[str]:
+    """The dropout probabilities of a transformers config: every numeric field named `*dropout*` or
+    `*_pdrop` (BERT's hidden_dropout_prob / attention_probs_dropout_prob / classifier_dropout,
+    GPT-2's resid/embd/attn_pdrop, Llama's attention_dropout, ...). `classifier_dropout: null`
+    (meaning "use hidden_dropout_prob") counts too, so a head cannot keep dropout behind the back of
+    `model.dropout`. Fields of nested configs (a multimodal model's text_config) are not walked."""
+    names = []
+    for key, value in config.to_dict().items():
+        if ("dropout" in key or key.endswith("_pdrop")) and (value is None or
+                                                             (isinstance(value, (int, float)) and not isinstance(value, bool))):
+            names.append(key)
+    return sorted(names)
+
+
+def dropout_overrides(model_cfg, path: str, kwargs: dict) -> dict:
+    """{field: p} for every dropout probability of the checkpoint's config when `model.dropout` is
+    set (one number for every architecture, instead of per-architecture field names in
+    config_overrides)."""
+    p = model_cfg.get("dropout")
+    if p is None:
+        return {}
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise ValueError(f"model.dropout={p!r} is invalid: a probability in [0, 1), or null for the checkpoint's own")
+    config = AutoConfig.from_pretrained(path, **kwargs)
+    return {name: float(p) for name in dropout_fields(config)}
+
+
+def set_module_dropout(model: torch.nn.Module, p: float) -> int:
+    """Set p on every nn.Dropout of the model (those a model builds from a hard-coded rate, not from
+    its config); returns how many there are. Called before LoRA is injected, so LoRA's own dropout
+    (`method.dropout`) is untouched."""
+    modules = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    for m in modules:
+        m.p = float(p)
+    return len(modules)
+
+
 def load_model(model_cfg, kind: str, num_labels: int | None = None, tokenizer=None) -> torch.nn.Module:
     """Load the pretrained model with the head the task needs.
 
@@ -93,7 +130,12 @@ def load_model(model_cfg, kind: str, num_labels: int | None = None, tokenizer=No
     """
     path, kwargs = _source(model_cfg)
     kwargs["trust_remote_code"] = bool(model_cfg.get("trust_remote_code", False))
-    kwargs.update(checked_config_overrides(model_cfg, path, kwargs))
+    dropout, overrides = dropout_overrides(model_cfg, path, kwargs), checked_config_overrides(model_cfg, path, kwargs)
+    both = sorted(set(dropout) & set(overrides))
+    if both:
+        raise ValueError(f"model.config_overrides sets {both} and model.dropout={model_cfg.dropout!r} sets every "
+                         f"dropout field: set one of them")
+    kwargs.update({**dropout, **overrides})
     kwargs["dtype"] = DTYPES[model_cfg.get("dtype", "float32")]
     if kind == "causal_lm":
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -103,6 +145,8 @@ def load_model(model_cfg, kind: str, num_labels: int | None = None, tokenizer=No
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
     else:
         raise ValueError(f"task kind {kind!r} is not one of classification, regression, causal_lm")
+    if model_cfg.get("dropout") is not None:
+        set_module_dropout(model, model_cfg.dropout)
     if tokenizer is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id  # sequence classifiers find the last token by it
     cache = _gguf_cache(model_cfg)

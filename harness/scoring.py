@@ -16,13 +16,11 @@ import contextlib
 import functools
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from harness.tasks import TaskData
+from harness.tasks import IGNORE_INDEX, TaskData, encode_prompt, end_token_id, pad_token_id
 
 METRICS_DIR = Path(__file__).parent / "metrics"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -64,39 +62,45 @@ def evaluate_model(model, task: TaskData, batch_size: int, device, autocast=cont
     """
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0  # examples, or response tokens for causal_lm
-    predictions, references = [], []
+    batches = task.eval_batches(batch_size, split)[:max_batches]
+    # Per-example results keyed by the example's stored index: batches come length-sorted (a speed
+    # change only), so nothing below may depend on which examples shared a batch.
+    losses: dict[int, list[float]] = {}  # one value per example; causal_lm: one per response token
+    predictions, references = {}, {}
     try:
         with torch.no_grad():
-            for i, batch in enumerate(task.eval_loader(batch_size, split)):
-                if max_batches is not None and i >= max_batches:
-                    break
+            for indices, batch in zip(batches, task.eval_loader(batch_size, split)):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with autocast():
                     logits = _logits(model, batch)
                 logits, labels = logits.float(), batch["labels"]
                 if task.kind == "causal_lm":
                     targets = labels[:, 1:]  # token t predicts token t+1
-                    loss_sum += F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(),
-                                                ignore_index=-100, reduction="sum")
-                    count += int((targets != -100).sum())
+                    token_losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets,
+                                                   ignore_index=IGNORE_INDEX, reduction="none")
+                    for index, row, mask in zip(indices, token_losses.tolist(), (targets != IGNORE_INDEX).tolist()):
+                        losses[index] = [v for v, keep in zip(row, mask) if keep]
                     continue
                 if task.kind == "regression":
                     preds = logits.squeeze(-1)
-                    loss_sum += F.mse_loss(preds, labels, reduction="sum")
+                    example_losses = F.mse_loss(preds, labels, reduction="none")
                 else:
                     preds = logits.argmax(-1)
-                    loss_sum += F.cross_entropy(logits, labels, reduction="sum")
-                count += len(labels)
-                predictions += preds.tolist()
-                references += labels.tolist()
+                    example_losses = F.cross_entropy(logits, labels, reduction="none")
+                for index, loss, pred, ref in zip(indices, example_losses.tolist(), preds.tolist(), labels.tolist()):
+                    losses[index], predictions[index], references[index] = [loss], pred, ref
     finally:
         model.train(was_training)
+    order = sorted(losses)  # stored order
+    count = sum(len(losses[i]) for i in order)  # examples, or response tokens for causal_lm
     if count == 0:
         raise ValueError(f"task {task.name}: nothing to score in split {split!r} "
                          f"(no examples, or no response tokens)")
-    results = {"loss": float(loss_sum) / count}
+    # fsum is exactly rounded: the loss cannot depend on summation order.
+    loss_sum = math.fsum(v for i in order for v in losses[i])
+    predictions = [predictions[i] for i in order if i in predictions]
+    references = [references[i] for i in order if i in references]
+    results = {"loss": loss_sum / count}
     if task.kind == "causal_lm":
         results["perplexity"] = math.exp(results["loss"]) if results["loss"] < 700 else math.inf
     for name in task.metrics:
@@ -113,8 +117,6 @@ def generate_samples(model, tokenizer, task: TaskData, n: int = 4, max_new_token
     One prompt at a time, so no padding side matters; the prompt is encoded exactly as in training
     (chat template and generation prompt when the tokenizer has one).
     """
-    from harness.tasks import encode_prompt, end_token_id, pad_token_id
-
     if task.kind != "causal_lm":
         raise ValueError(f"task {task.name} is {task.kind}; generations need a causal_lm task")
     rows = task.raw[split].select(range(min(n, len(task.raw[split]))))

@@ -96,7 +96,7 @@ class TaskConfig:
     max_length: int = 128
     limit_train: Optional[int] = None
     limit_eval: Optional[int] = None  # caps eval and test
-    group_by_length: bool = False
+    group_by_length: bool = True  # length-grouped train batches (see TaskData.train_batches)
     cache_dir: Optional[str] = None
 
     def __post_init__(self):
@@ -589,7 +589,7 @@ class TaskData:
     metrics: List[str]
     metric_kwargs: Dict[str, Any]
     max_length: int
-    group_by_length: bool = False
+    group_by_length: bool = True
     seed: int = 0
     config: Optional[TaskConfig] = None
     raw: Dict[str, Dataset] = field(default_factory=dict)  # untokenized splits (after limits)
@@ -633,9 +633,23 @@ class TaskData:
         return torch.utils.data.DataLoader(self.train, batch_sampler=batches, collate_fn=self.collate,
                                            num_workers=num_workers, generator=generator)
 
+    def eval_batches(self, batch_size: int, split: str = "eval") -> list[list[int]]:
+        """The example indices of every batch of a split, longest examples first.
+
+        Sorting by length is a pure speed change (each batch pads to its own longest example, so
+        little padding is computed): `harness.scoring.evaluate_model` puts every per-example result
+        back in stored order before anything is summed or scored. Longest first, so the largest
+        batch (the evaluation's memory peak) comes at once. Ties keep stored order (stable sort).
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        lengths = column(self.split(split), "length")
+        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
     def eval_loader(self, batch_size: int, split: str = "eval") -> torch.utils.data.DataLoader:
-        """Batches of a split in stored order."""
-        return torch.utils.data.DataLoader(self.split(split), batch_size=batch_size, shuffle=False,
+        """Batches of a split in the order of `eval_batches` (length-sorted)."""
+        return torch.utils.data.DataLoader(self.split(split), batch_sampler=self.eval_batches(batch_size, split),
                                            collate_fn=self.collate)
 
 

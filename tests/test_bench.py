@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from bench import (adapter_switch, common, harness_overhead, lora_layer, merged_inference, padding, sweep_overhead,
+from bench import (adapter_switch, common, default_sweep, harness_overhead, lora_layer, merged_inference, padding, sweep_overhead,
                    train_step)
 from harness.lora import LoraLinear, apply_lora
 
@@ -136,3 +136,17 @@ def test_sweep_overhead_quick(tmp_path):
     row = tables["Sweep overhead"]["rows"][0]
     assert row[1] == 4 and row[-1] == "3 files, 0 written after job 0"  # tokenized once, reused by jobs 1-3
     assert len(tables["Per job"]["rows"]) == 4
+
+
+@pytest.mark.slow
+def test_default_sweep_quick(tmp_path):
+    """The harness sweep and its bare-loop twin train the same 4 jobs: same batches, same seeds,
+    same model preparation, so the same accuracies (the trainer arms need peft: not run here)."""
+    rows = _rows(_quick(default_sweep, tmp_path, "--arms", "harness,bare")["The 4-job sweep"])
+    assert set(rows) == {"harness", "bare"}
+    rec = json.loads((tmp_path / "default_sweep.json").read_text())
+    harness, bare = rec["raw"]["harness"][0], rec["raw"]["bare"][0]
+    assert len(harness["accuracy"]) == 4 and harness["accuracy"] == bare["accuracy"]
+    assert harness["loss"] == pytest.approx(bare["loss"], rel=1e-5)
+    assert len(set(harness["loss"])) == 4  # four different jobs
+    assert harness["wall_s"] > 0 and bare["wall_s"] > 0

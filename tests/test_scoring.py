@@ -1,6 +1,7 @@
 """evaluate_model and generate_samples against a dense reference: the same model run one example at a
 time, without padding, with the loss and the metric computed by hand."""
 
+import copy
 import importlib.util
 import json
 import math
@@ -86,10 +87,11 @@ def test_mode_is_restored_and_max_batches_limits(rotten):
     model.eval()
     first = evaluate_model(model, rotten, batch_size=16, device="cpu", max_batches=1)
     assert not model.training
+    first_batch = rotten.eval_batches(16)[0]  # the 16 longest examples
     with torch.no_grad():
-        batch = rotten.collate([rotten.eval[i] for i in range(16)])
+        batch = rotten.collate([rotten.eval[i] for i in first_batch])
         logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-    labels = torch.tensor(rotten.eval["labels"][:16])
+    labels = torch.tensor([rotten.eval["labels"][i] for i in first_batch])
     assert first["accuracy"] == (logits.argmax(-1) == labels).float().mean().item()
 
 
@@ -183,3 +185,50 @@ def test_generate_samples_is_greedy_decoding(chat, tokenizer):
 def test_generate_samples_needs_a_causal_task(rotten, tokenizer):
     with pytest.raises(ValueError, match="rotten_tomatoes is classification"):
         generate_samples(bert_for_minilm_vocab(2), tokenizer, rotten)
+
+
+def stored_order(task):
+    """The same task with evaluation batches in stored order (what evaluation did before sorting)."""
+    unsorted = copy.copy(task)
+    unsorted.eval_batches = lambda batch_size, split="eval": [
+        list(range(i, min(i + batch_size, len(task.split(split))))) for i in range(0, len(task.split(split)), batch_size)]
+    return unsorted
+
+
+def test_eval_batches_are_sorted_longest_first_and_cover_the_split(rotten):
+    batches = rotten.eval_batches(16)
+    lengths = rotten.eval["length"]
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(rotten.eval)))
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+    assert [len(b) for b in batches] == [16, 16, 16, 16]
+
+
+def mixed_predictions_bert():
+    """A tiny BERT whose classifier bias puts its predictions near the boundary: both classes
+    predicted, so a prediction scored against another example's label would change the metrics."""
+    model = bert_for_minilm_vocab(2)
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([0.0, 0.04]))
+    return model
+
+
+@pytest.mark.parametrize("batch_size", [7, 16, 64])
+def test_length_sorting_leaves_classification_metrics_bit_identical(rotten, batch_size):
+    """Every metric computed from predictions is bit-identical sorted or not. The loss moves in its
+    9th digit: a padded batch's logits differ in the last float bits with the padding width (the
+    unsorted evaluation's loss moved the same way with eval_batch_size)."""
+    model = mixed_predictions_bert()
+    sorted_run = evaluate_model(model, rotten, batch_size, "cpu")
+    assert 0.2 < sorted_run["f1"] < 0.9  # both classes predicted
+    for other in (evaluate_model(model, stored_order(rotten), batch_size, "cpu"),
+                  evaluate_model(model, rotten, 1, "cpu")):  # batch 1: no padding at all
+        assert (sorted_run["accuracy"], sorted_run["f1"]) == (other["accuracy"], other["f1"])
+        assert sorted_run["loss"] == pytest.approx(other["loss"], rel=1e-7)
+
+
+def test_length_sorting_leaves_causal_lm_loss_equal(chat):
+    model = llama_for_minilm_vocab()
+    sorted_run = evaluate_model(model, chat, 4, "cpu")
+    for other in (evaluate_model(model, stored_order(chat), 4, "cpu"), evaluate_model(model, chat, 1, "cpu")):
+        assert sorted_run["loss"] == pytest.approx(other["loss"], rel=1e-7)
