@@ -264,6 +264,11 @@ class LoraLinear(nn.Module):
         # Residual from the A, B actually stored (possibly bf16), so W_res + delta == W up to one rounding.
         w = self.base.weight
         w.copy_((w.float() - self.delta_weight()).to(w.dtype))
+        # The starting factors, kept so a saved adapter can be a plain LoRA delta on the *original* W
+        # (harness.adapters: W_res + s B A = W + s [B, -B0] [A; A0]). Not persistent: they are a
+        # function of W alone, recomputed whenever pissa is applied to the same base (resume, load).
+        self.register_buffer("pissa_A0", self.lora_A.weight.detach().clone(), persistent=False)
+        self.register_buffer("pissa_B0", self.lora_B.weight.detach().clone(), persistent=False)
 
     def delta_weight(self) -> torch.Tensor:
         """scaling * B @ A in fp32, laid out like base.weight ((in, out) for Conv1D)."""

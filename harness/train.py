@@ -40,7 +40,7 @@ from harness.adapters import save_adapter
 from harness.config import ConfigError, MethodConfig, TrainerConfig, validate
 from harness.lora import apply_lora, count_parameters, trainable_state_bytes
 from harness.measure import StepTimer, memory_summary, reset_cuda_peak, reset_peak_rss
-from harness.models import load_model, load_tokenizer
+from harness.models import base_checkpoint, load_model, load_tokenizer
 from harness.results import git_state, read_results, versions, write_results
 from harness.scoring import evaluate_model, generate_samples
 from harness.tasks import build_task
@@ -285,7 +285,7 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
         record["generations"] = generate_samples(model, tokenizer, task)
     if tcfg.save_model:
         if method.name == "lora":
-            save_adapter(model, run_dir / "adapter", base_model_name_or_path=cfg.model.name_or_path)
+            save_adapter(model, run_dir / "adapter", base_model_name_or_path=base_checkpoint(cfg.model))
         else:
             model.save_pretrained(run_dir / "model")
             tokenizer.save_pretrained(run_dir / "model")
