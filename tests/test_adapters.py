@@ -1,13 +1,16 @@
 """Adapter files (peft format), loading onto fresh bases, and switching adapters on one base."""
 
 import copy
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from harness.adapters import (CONFIG_NAME, WEIGHTS_NAME, AdapterBank, load_adapter, read_adapter,
+from harness.adapters import (CHECKSUM_KEY, CONFIG_NAME, WEIGHTS_NAME, AdapterBank, load_adapter, read_adapter,
                               save_adapter)
 from harness.lora import apply_lora, count_parameters, lora_layers, merge_lora
 
@@ -320,3 +323,57 @@ def test_tolerates_what_peft_writes_differently(tiny_bert, tmp_path):
     x = ids()
     assert torch.equal(tiny_bert(x).logits, trained(x).logits)
     assert tiny_bert.lora_config.modules_to_save == ("classifier",)
+
+
+# ----------------------------------------------------------------------------- files the real peft wrote
+
+PEFT = Path(__file__).parent / "fixtures" / "peft"
+
+
+def _peft_fixture_module():
+    """tests/fixtures/make_peft_fixtures.py (imports no peft at module level): the bases and cases."""
+    spec = importlib.util.spec_from_file_location("make_peft_fixtures", PEFT.parent / "make_peft_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("case", ["bert_seq_cls", "bert_all_linear_rslora", "gpt2_causal_lm"])
+def test_loads_adapters_written_by_peft_with_peft_logits(case):
+    """Folders PeftModel.save_pretrained wrote (peft 0.21.2; see make_peft_fixtures.py): the harness
+    loads them onto the same seeded base and reproduces the logits peft's model gave."""
+    fixtures = _peft_fixture_module()
+    assert set(fixtures.CASES) == {"bert_seq_cls", "bert_all_linear_rslora", "gpt2_causal_lm"}
+    kind = fixtures.CASES[case][0]
+    folder = PEFT / case
+    with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as f:
+        assert CHECKSUM_KEY not in (f.metadata() or {})  # written by peft, not by us
+    io = load_file(folder / "io.safetensors")
+    model = fixtures.tiny_base(kind)
+    names = load_adapter(model, folder)
+    assert len(names) == {"bert_seq_cls": 4, "bert_all_linear_rslora": 13, "gpt2_causal_lm": 6}[case]  # c_proj: attn and mlp
+    with torch.no_grad():
+        got = model(input_ids=io["input_ids"], attention_mask=io["attention_mask"]).logits
+    assert not torch.allclose(got, fixtures.tiny_base(kind)(input_ids=io["input_ids"]).logits, atol=1e-3)
+    torch.testing.assert_close(got, io["logits"], atol=1e-5, rtol=0)
+    if case == "bert_all_linear_rslora":  # peft's all-linear includes the pooler; rank_pattern {"value": 2}
+        layers = lora_layers(model)
+        assert "bert.pooler.dense" in layers and model.lora_config.rslora
+        assert {n: l.r for n, l in layers.items() if n.endswith("value")} == {
+            f"bert.encoder.layer.{i}.attention.self.value": 2 for i in (0, 1)}
+
+
+def test_peft_loads_the_adapters_the_harness_writes():
+    """What make_peft_fixtures.py recorded when it loaded each harness-written adapter with
+    PeftModel.from_pretrained onto a fresh base (tests cannot import peft): every one loaded and
+    gave the harness model's logits."""
+    fixtures = _peft_fixture_module()
+    report = json.loads((PEFT / "reverse.json").read_text())
+    assert report["peft"] == "0.21.2" and report["tolerance"] == 1e-5
+    expected = set(fixtures.REVERSE) | {f"{case}_resaved" for case in fixtures.CASES}
+    assert set(report["cases"]) == expected
+    for case, result in report["cases"].items():
+        assert result["loaded"], (case, result)
+        assert result["max_abs_logit_diff"] <= 1e-5, (case, result)
+    assert report["cases"]["bert_pissa_converted"]["r"] == 8  # rank 2r: the plain delta on the original base
+    assert report["cases"]["bert_head_not_trained"]["modules_to_save"] == ["classifier"]
