@@ -33,8 +33,6 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from harness import checkpoint
@@ -157,7 +155,11 @@ class BestWeights:
     def __init__(self, path: Path):
         self.path, self.step, self.tensors = path, None, None
 
+    # safetensors is imported where used: `python -m harness.train` makes this module __main__, which
+    # submitit's cloudpickle then pickles by value, and safetensors' Rust safe_open does not unpickle.
     def keep(self, model: torch.nn.Module, step: int) -> None:
+        from safetensors.torch import save_file
+
         self.tensors = {n: p.detach().to("cpu", copy=True).contiguous()
                         for n, p in model.named_parameters() if p.requires_grad}
         self.step = step
@@ -168,6 +170,8 @@ class BestWeights:
 
     def restore(self, step: int) -> bool:
         """Load the file if it holds the weights of `step`; say why not otherwise."""
+        from safetensors import safe_open
+
         if self.path.is_file():
             with safe_open(str(self.path), framework="pt") as f:
                 if (f.metadata() or {}).get("step") == str(step):
