@@ -79,9 +79,11 @@ def saved_modules(model: nn.Module) -> tuple[str, ...]:
     saved = list(cfg.modules_to_save)
     covered = match_modules_to_save(model, saved)
     names = [n for n, _ in model.named_modules() if n]
+    adapted = lora_layers(model)
     for head in _PEFT_TASK_HEADS.get(_task_type(model), ()):
         hits = [n for n in names if name_matches(n, head, regex=False)]
-        if hits and not any(h == c or h.startswith(c + ".") for h in hits for c in covered):
+        inside = any(h == c or h.startswith(c + ".") for h in hits for c in covered)
+        if hits and not inside and not any(h in adapted for h in hits):  # a head with LoRA on it is in the file
             saved.append(head)
     return tuple(saved)
 
