@@ -3,13 +3,15 @@
 # metrics.jsonl, the table as Markdown / LaTeX / CSV, and the offline report (HTML + PNGs).
 #   bash experiments/publish.sh SWEEP_DIR OUT_DIR [BY_KEY ...]
 #   bash experiments/publish.sh outputs/sweeps/rank_ablation experiments/rank_ablation lora.r
-# METRICS="main params.adapter" picks the table's metric columns (default: harness-table's).
+# METRICS="main params.adapter" picks the table's metric columns (default: harness-table's);
+# SPLIT=eval shows the validation split instead of the test split (default: test).
 set -euo pipefail
 sweep=$1 out=$2
 shift 2
 by=()
 if (($#)); then by=(--by "$@"); fi
 metrics=()
+split=(--split "${SPLIT:-test}")
 if [[ -n ${METRICS:-} ]]; then read -ra names <<<"$METRICS"; metrics=(--metric "${names[@]}"); fi
 mkdir -p "$out/results"
 for record in "$sweep"/*/results.json; do
@@ -20,6 +22,6 @@ for record in "$sweep"/*/results.json; do
     done
 done
 for format in md latex csv; do
-    harness-table "$sweep" "${by[@]}" "${metrics[@]}" --format "$format" --out "$out/table.${format/latex/tex}"
+    harness-table "$sweep" "${by[@]}" "${metrics[@]}" "${split[@]}" --format "$format" --out "$out/table.${format/latex/tex}"
 done
-harness-report "$sweep" "${by[@]}" --out "$out/report" --title "$(basename "$out")"
+harness-report "$sweep" "${by[@]}" "${split[@]}" --out "$out/report" --title "$(basename "$out")"

