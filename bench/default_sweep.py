@@ -6,6 +6,8 @@ the whole 4-job sweep, timed as the wall clock of its processes (start-up, loadi
 training and evaluation included):
 
     harness              `python -m harness.train -m ...` with the harness's defaults (one process)
+    harness_before       the same with the defaults before issue 12: random batches
+                         (task.group_by_length=false) and the checkpoint's dropout (model.dropout=null)
     bare                 the same 4 jobs in a plain PyTorch loop in one process: the harness's data
                          (same batches, same defaults), model preparation and fused AdamW, no
                          logging, records, checkpoints or W&B; what the harness's plumbing costs
@@ -39,7 +41,8 @@ from bench import common
 RANKS, SEEDS = (4, 8), (0, 1)
 N_TRAIN, N_EVAL, BATCH = 3000, 1000, 32
 QUICK = {"N_TRAIN": 64, "N_EVAL": 32, "BATCH": 8}  # --quick: a smoke test on the tiny BERT
-ARMS = ("harness", "bare", "trainer_peft", "trainer_peft_fast")
+ARMS = ("harness", "harness_before", "bare", "trainer_peft", "trainer_peft_fast")
+BEFORE = ["task.group_by_length=false", "model.dropout=null"]  # the defaults before issue 12
 
 
 def child_env(extra_path: str | None = None) -> dict:
@@ -64,12 +67,12 @@ def use_quick() -> None:
     globals().update(QUICK)
 
 
-def harness_arm(folder: Path, quick: bool) -> dict:
+def harness_arm(folder: Path, quick: bool, extra: list[str] = ()) -> dict:
     model = ["model.name=tiny_bert", f"model.name_or_path={common.tiny_model_dir()}"] if quick else []
     cmd = [sys.executable, "-m", "harness.train", "-m", *model, "method.r=" + ",".join(map(str, RANKS)),
            "method.alpha='${mul:${method.r},2}'", "seed=" + ",".join(map(str, SEEDS)),
            f"task.limit_train={N_TRAIN}", f"task.limit_eval={N_EVAL}", f"trainer.batch_size={BATCH}",
-           "trainer.save_model=false", f"hydra.sweep.dir={folder}"]
+           "trainer.save_model=false", f"hydra.sweep.dir={folder}", *extra]
     wall = timed(cmd, child_env())
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("*/results.json"))]
     return {"wall_s": wall, "accuracy": [r["metrics"]["final"]["accuracy"] for r in records],
@@ -224,8 +227,8 @@ def main(argv=None) -> None:
         for rnd in range(args.rounds):
             for arm in arms[rnd % len(arms):] + arms[:rnd % len(arms)]:
                 print(f"round {rnd + 1}/{args.rounds}: {arm}", flush=True)
-                if arm == "harness":
-                    out = harness_arm(Path(tmp) / f"sweep{rnd}", args.quick)
+                if arm.startswith("harness"):
+                    out = harness_arm(Path(tmp) / f"{arm}{rnd}", args.quick, BEFORE if arm == "harness_before" else [])
                 else:
                     out = child_arm(arm, jobs, args.peft_path, args.quick)
                 print(f"  {out['wall_s']:.0f} s, accuracy {out['accuracy']}", flush=True)
