@@ -263,7 +263,8 @@ img{max-width:100%} .skipped{color:#a60} .note{color:#a60} code{font-size:12px}"
 def write_report(paths, out, by=None, best: bool = False, title: str | None = None) -> dict[str, str | None]:
     """Write index.html and the PNGs into `out`; returns {figure file: None if drawn, else why skipped}."""
     out = Path(out)
-    df = T.records_frame(T.load_records(paths))
+    records, rerun_notes = T.dedupe(T.load_records(paths))  # a re-run is not an extra seed
+    df = T.records_frame(records)
     if T.completed(df).empty:
         raise ValueError(f"no completed runs among {len(df)} results under {', '.join(map(str, paths))}")
     by = [T.resolve_key(df, k) for k in by] if by else T.default_by(df)
@@ -302,6 +303,7 @@ def write_report(paths, out, by=None, best: bool = False, title: str | None = No
             f"<p>{len(df) - len(failed)} completed run(s), {len(failed)} not completed, read from "
             + ", ".join(f"<code>{html.escape(str(p))}</code>" for p in paths) + ". Main metric: "
             + html.escape(summary.attrs["labels"][main]) + ".</p>"]
+    page += [f'<p class="note">{html.escape(note.removeprefix("note: "))}.</p>' for note in rerun_notes]
     if hidden:
         page.append(f'<p class="note">Runs averaged together differ in {html.escape(", ".join(hidden))}; '
                     "pass them to --by to split the groups.</p>")

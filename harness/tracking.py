@@ -59,7 +59,7 @@ _TOKENIZER_TOKEN = re.compile(r"^(?:pad|eos|bos|unk|sep|cls|mask|additional_spec
 _HF_TOKEN_TEXT = re.compile(r"hf_[A-Za-z0-9]{30,}")
 # `key=value` inside a string: a Hydra override ("+model.token=abc"), an override_dirname
 # ("seed=0,+model.token=abc"), a command line in a log line.
-_ASSIGNMENT = re.compile(r"(?P<key>[+~]*[A-Za-z_][\w.\-]*)=(?P<value>[^\s,'\"\]\)}]+)")
+_ASSIGNMENT = re.compile(r"(?P<key>[+~]*[A-Za-z_][\w.\-]*)=(?P<value>'[^']*'|\"[^\"]*\"|[^\s,'\"\]\)}]+)")
 _HARMLESS_VALUES = {"true", "false", "null", "none", REDACTED.lower()}  # `use_auth_token=true` reveals nothing
 # The usual secret environment variables; any other variable whose name looks secret (`*_TOKEN`,
 # `*_API_KEY`, `*_PASSWORD`, ...) counts too. Values shorter than this are not searched for inside
@@ -90,7 +90,7 @@ def redact_text(text: str, env_secrets: Sequence[str] | None = None) -> str:
 
     def assignment(m: re.Match) -> str:
         leaf = m["key"].lstrip("+~").rsplit(".", 1)[-1]
-        if _is_secret_key(leaf) and m["value"].lower() not in _HARMLESS_VALUES:
+        if _is_secret_key(leaf) and m["value"].strip("'\"").lower() not in _HARMLESS_VALUES:
             return f"{m['key']}={REDACTED}"
         return m[0]
 
