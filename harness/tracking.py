@@ -1,9 +1,12 @@
 """Experiment tracking: `metrics.jsonl` is the truth, Weights & Biases mirrors it.
 
-One `Tracker` per Hydra job. It always appends rows to `<run_dir>/metrics.jsonl` (format in
-.agents/RESULTS.md) and, with `logger=wandb`, streams the same rows to one W&B run that is always
-finished, so a multirun never merges two jobs into one run. Tracking must never kill training:
-every W&B call is wrapped and a failure becomes a logged warning. `logger=none` never imports wandb.
+One `Tracker` per Hydra job. It always appends rows to `<run_dir>/metrics.jsonl` (or the curve file
+of its attempt, see harness/results.py; format in .agents/RESULTS.md) and, with `logger=wandb`,
+streams the same rows to one W&B run that is always finished, so a multirun never merges two jobs
+into one run; a job that resumes a run passes the run's id and continues its W&B run. Tracking must
+never kill training: every W&B call is wrapped and a failure becomes a logged warning.
+`logger=none` never imports wandb. Secrets are redacted (`redact`, `redact_text`, `SecretFilter`)
+from everything this module writes and from the log lines of every job.
 
 W&B layout (what `wandb.Api().run(...)` reads back):
 - config: the resolved run config passed to `start` (secrets redacted), nested as given.
