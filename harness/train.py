@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import signal
