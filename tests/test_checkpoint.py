@@ -259,3 +259,26 @@ def test_sigterm_stops_the_whole_sweep_after_checkpointing(tiny_model_dir, tmp_p
     (job0,) = sweep.glob("0_*")
     assert read_record(job0)["status"] == "preempted"
     assert not list(sweep.glob("1_*"))  # the machine is going away: no next job starts
+
+
+def test_checkpoint_files_and_folders_are_fsynced_before_and_after_the_rename(tiny_bert, tmp_path, monkeypatch):
+    events = []
+    monkeypatch.setattr(checkpoint, "_fsync", lambda path: events.append(("fsync", path.relative_to(tmp_path).as_posix())))
+    rename = type(tmp_path).rename
+    monkeypatch.setattr(type(tmp_path), "rename", lambda self, target: (events.append(("rename", self.name)),
+                                                                         rename(self, target))[1])
+    optimizer = torch.optim.AdamW(tiny_bert.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    flat = checkpoint.resume_config({"method": {"lr": 1e-3}, "logger": {"name": "wandb"}, "seed": 0})
+    path = checkpoint.save(tmp_path / "checkpoints", 3, tiny_bert, optimizer, scheduler, {"step": 3}, keep=2,
+                           meta={"config": flat, "fingerprint": checkpoint.fingerprint(flat)})
+    tmp = "checkpoints/.tmp_step_0000003"
+    assert events == [("fsync", f"{tmp}/trainable.safetensors"), ("fsync", f"{tmp}/state.pt"),
+                      ("fsync", f"{tmp}/meta.json"), ("fsync", tmp), ("rename", ".tmp_step_0000003"),
+                      ("fsync", "checkpoints")]
+    meta = checkpoint.read_meta(path)
+    assert meta["step"] == 3 and meta["config"] == {"method.lr": 1e-3, "seed": 0}  # logger may change
+    checkpoint.check_config(path, meta, flat, "trainer.restart=true")  # the same config passes
+    with pytest.raises(checkpoint.ConfigError, match=r"^the config changed since checkpoint step_0000003 "
+                       r"\(method.lr: 0.001 -> 0.002; seed: 0 -> \(absent\)\)"):
+        checkpoint.check_config(path, meta, {"method.lr": 2e-3}, "trainer.restart=true")
