@@ -5,8 +5,8 @@ of its attempt, see harness/results.py; format in .agents/RESULTS.md) and, with 
 streams the same rows to one W&B run that is always finished, so a multirun never merges two jobs
 into one run; a job that resumes a run passes the run's id and continues its W&B run. Tracking must
 never kill training: every W&B call is wrapped and a failure becomes a logged warning.
-`logger=none` never imports wandb. Secrets are redacted (`redact`, `redact_text`, `SecretFilter`)
-from everything this module writes and from the log lines of every job.
+`logger=none` never imports wandb. Secrets are redacted (`redact`, `redact_text`) from everything
+this module writes, and `install_secret_redaction` redacts them from every log line.
 
 W&B layout (what `wandb.Api().run(...)` reads back):
 - config: the resolved run config passed to `start` (secrets redacted), nested as given.
@@ -146,23 +146,35 @@ def redact_yaml_file(path: Path) -> bool:
     return True
 
 
-class SecretFilter(logging.Filter):
-    """A logging filter that redacts log lines (and their tracebacks) before any handler writes them.
-
-    Hydra's launcher logs each job's overrides verbatim; conf/config.yaml puts this filter on the
-    console and `train.log` handlers of every job, and on Hydra's own console.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
+def _redact_record(record: logging.LogRecord) -> None:
+    try:
         message = record.getMessage()
-        clean = redact_text(message)
-        if clean != message:
-            record.msg, record.args = clean, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = redact_text(record.exc_text)
-        return True
+    except Exception:  # noqa: BLE001 - a malformed call: logging reports it when the record is emitted
+        return
+    clean = redact_text(message)
+    if clean != message:
+        record.msg, record.args = clean, None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+
+
+def install_secret_redaction() -> None:
+    """Redact secrets from every log record as it is created (its message and its traceback), in
+    this process, whatever handlers write it later: Hydra's launcher logs every job's overrides
+    verbatim, after configuring its own handlers, and each job's console and `train.log` handlers
+    are made anew from `hydra/job_logging`. A record factory outlives all of that (a handler filter
+    would not). Idempotent."""
+    base = logging.getLogRecordFactory()
+    if getattr(base, "redacts_secrets", False):
+        return
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        _redact_record(record)
+        return record
+
+    factory.redacts_secrets = True
+    logging.setLogRecordFactory(factory)
 
 
 # ----------------------------------------------------------------------------- run names

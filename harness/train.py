@@ -45,7 +45,7 @@ from harness.results import (Attempt, finish_attempt, fresh_attempt, git_state, 
                              read_results, versions, write_results)
 from harness.scoring import evaluate_model, generate_samples
 from harness.tasks import build_task
-from harness.tracking import Tracker, redact, redact_text, redact_yaml_file, run_name
+from harness.tracking import Tracker, install_secret_redaction, redact, redact_text, redact_yaml_file, run_name
 
 log = logging.getLogger("harness")
 
@@ -398,6 +398,7 @@ def run_job(cfg: DictConfig) -> float:
     t0 = time.perf_counter()
     reset_peak_rss()
     run_dir, multirun, sweep = _job_info(cfg)
+    install_secret_redaction()  # already done by main(); a launcher's worker process may not run it
     _redact_hydra_files(run_dir, sweep)
     previous = read_results(run_dir)
     if cfg.resume and previous and previous.get("status") == "completed":
@@ -482,8 +483,15 @@ class SweepReport(Callback):
 # An absolute path: a relative one resolves against the `harness` package when run as a console script.
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent.parent / "conf"),
             config_name="config")
-def main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float:
     return run_job(cfg)
+
+
+def main():
+    """harness-train. Log lines are redacted from the start: Hydra's launcher logs every job's
+    overrides, secrets included, before any job runs."""
+    install_secret_redaction()
+    return _hydra_main()
 
 
 if __name__ == "__main__":

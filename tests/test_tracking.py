@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from harness.tracking import (REDACTED, SecretFilter, Tracker, read_offline_run, record_from_summary, redact,
-                              redact_text, redact_yaml_file, run_name)
+from harness.tracking import (REDACTED, Tracker, install_secret_redaction, read_offline_run, record_from_summary,
+                              redact, redact_text, redact_yaml_file, run_name)
 
 WANDB_OFFLINE = {"name": "wandb", "project": "lora-harness-test", "mode": "offline", "tags": ["ci"]}
 HF_TOKEN = "hf_" + "A1b2C3d4" * 5
@@ -287,10 +287,12 @@ def test_redact_text_inside_strings(monkeypatch):
         f"url=https://u:{REDACTED}@host dirname=seed=0,+hub.api_key={REDACTED},method.r=8 abc {REDACTED}x")
 
 
-def test_secret_filter_redacts_log_lines_and_tracebacks(tmp_path):
-    logger = logging.getLogger("test_secret_filter")
-    handler = logging.FileHandler(tmp_path / "job.log")
-    handler.addFilter(SecretFilter())
+def test_log_records_are_redacted_whatever_handler_writes_them(tmp_path):
+    install_secret_redaction()
+    install_secret_redaction()  # idempotent: one factory, not two stacked
+    assert logging.getLogRecordFactory().redacts_secrets
+    logger = logging.getLogger("test_secret_redaction")
+    handler = logging.FileHandler(tmp_path / "job.log")  # made after the install, as Hydra's are
     logger.addHandler(handler)
     try:
         logger.warning("overrides: %s", ["+model.token=abc123", "seed=0"])
@@ -303,7 +305,7 @@ def test_secret_filter_redacts_log_lines_and_tracebacks(tmp_path):
         handler.close()
     text = (tmp_path / "job.log").read_text()
     assert "abc123" not in text and HF_TOKEN not in text
-    assert f"+model.token={REDACTED}" in text and f"ValueError: bad token {REDACTED}" in text
+    assert f"overrides: ['+model.token={REDACTED}', 'seed=0']" in text and f"ValueError: bad token {REDACTED}" in text
 
 
 def test_redact_yaml_file_keeps_interpolations(tmp_path):
