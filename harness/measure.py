@@ -51,6 +51,18 @@ class StepTimer:
             self.samples += samples
         return dt
 
+    # What a checkpoint carries, so a resumed run's train_time_s and throughput cover every process
+    # of the run, not only the last: every accumulated figure, not the settings or the clock.
+    _NOT_STATE = ("warmup", "device", "_t0")
+
+    def state_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items() if k not in self._NOT_STATE}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            if k in vars(self) and k not in self._NOT_STATE:
+                setattr(self, k, v)
+
     def summary(self) -> dict:
         total = sum(self.times)
         if not self.times or total == 0:

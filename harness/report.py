@@ -274,7 +274,8 @@ def write_report(paths, out, by=None, best: bool = False, title: str | None = No
     """Write index.html and the PNGs into `out`; returns {figure file: None if drawn, else why skipped}.
     `split` and `best` choose the task metrics as harness-table's --split and --best do."""
     out = Path(out)
-    df = T.records_frame(T.load_records(paths))
+    records, rerun_notes = T.dedupe(T.load_records(paths))  # a re-run is not an extra seed
+    df = T.records_frame(records)
     if T.completed(df).empty:
         raise ValueError(f"no completed runs among {len(df)} results under {', '.join(map(str, paths))}")
     by = [T.resolve_key(df, k) for k in by] if by else T.default_by(df)
@@ -313,6 +314,7 @@ def write_report(paths, out, by=None, best: bool = False, title: str | None = No
             f"<p>{len(df) - len(failed)} completed run(s), {len(failed)} not completed, read from "
             + ", ".join(f"<code>{html.escape(str(p))}</code>" for p in paths) + ". Main metric: "
             + html.escape(summary.attrs["labels"][main]) + " on the " + html.escape(T.split_of(main)) + ".</p>"]
+    page += [f'<p class="note">{html.escape(note.removeprefix("note: "))}.</p>' for note in rerun_notes]
     if hidden:
         page.append(f'<p class="note">Runs averaged together differ in {html.escape(", ".join(hidden))}; '
                     "pass them to --by to split the groups.</p>")

@@ -1,7 +1,21 @@
 """The results record: one `results.json` per run, the file every table and plot is built from.
 
 Written atomically (temp file + rename) so a crash never leaves half a record, and a failed run
-never replaces a completed one (it goes to `results.failed.json` beside it instead).
+never replaces a completed one (it goes to `results.failed.json` beside it instead). Secrets are
+redacted from the whole record as it is written.
+
+Attempts: one attempt trains a run folder's config from step 0 to its end, in one process or
+several (a killed or preempted run resumed from its checkpoints is still one attempt). Running a
+command again without a checkpoint to continue from starts a new attempt, and the run folder keeps
+each step once in the curve of the attempt that produced its record:
+- `results.json` + `metrics.jsonl`: the record and its curve;
+- `attempts/<n>/`: earlier attempts set aside, never deleted: their `metrics.jsonl`, their
+  `results.json` when they wrote one, their `checkpoints/` when a fresh start (or unreadable
+  checkpoints) set them aside;
+- a re-run over a completed record writes its curve to `attempts/<n>/metrics.jsonl`; completed, it
+  replaces the record and its curve (which move to `attempts/<m>/`); failed or preempted, its record
+  goes to `results.failed.json` (its `attempt` field names the folder of its curve) and the
+  completed record and curve stay untouched.
 """
 
 from __future__ import annotations
@@ -9,12 +23,23 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
+import shutil
+import string
 import subprocess
 import tempfile
+import time
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from harness.tracking import redact
+
 RESULTS = "results.json"
+FAILED = "results.failed.json"
+CURVE = "metrics.jsonl"
+ATTEMPTS = "attempts"
+CHECKPOINTS = "checkpoints"
 PACKAGES = ("torch", "transformers", "datasets", "evaluate", "hydra-core", "safetensors", "wandb", "lora-harness")
 
 
@@ -50,15 +75,31 @@ def write_json_atomic(path: Path, data: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def read_results(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / RESULTS
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside `folder` durable (a no-op where folders cannot be fsynced)."""
     try:
-        return json.loads(path.read_text())
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def read_results(run_dir: Path, name: str = RESULTS) -> dict | None:
+    path = Path(run_dir) / name
+    try:
+        record = json.loads(path.read_text())
+        return record if isinstance(record, dict) else None
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -69,6 +110,124 @@ def write_results(run_dir: Path, record: dict) -> Path:
     path = run_dir / RESULTS
     previous = read_results(run_dir)
     if record.get("status") != "completed" and previous and previous.get("status") == "completed":
-        path = run_dir / "results.failed.json"
-    write_json_atomic(path, record)
+        path = run_dir / FAILED
+    write_json_atomic(path, redact(record))
     return path
+
+
+# ----------------------------------------------------------------------------- attempts
+
+
+def new_run_id() -> str:
+    """A W&B run id (8 characters of [a-z0-9], as wandb makes them), from the OS's randomness:
+    `random` is seeded by every run, so it would give two runs of one seed the same id."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+@dataclass
+class Attempt:
+    """The attempt a job continues or starts (see the module docstring), and what its checkpoints
+    must carry so that a later process continues it: `meta()` goes into every checkpoint."""
+    run_dir: Path
+    number: int
+    curve: Path                 # the metrics.jsonl this attempt's rows go to
+    wandb_run_id: str | None    # one W&B run for all processes of the attempt
+    checkpoints: list[Path] = field(default_factory=list)  # to resume from, newest first; [] = from step 0
+    started: float = field(default_factory=time.perf_counter)  # time.perf_counter() when this job began
+    config: dict = field(default_factory=dict)   # checkpoint.resume_config of the run's config
+    fingerprint: str | None = None
+    git: dict = field(default_factory=dict)
+
+    def meta(self) -> dict:
+        return {"attempt": self.number, "curve": self.curve.relative_to(self.run_dir).as_posix(),
+                "wandb_run_id": self.wandb_run_id, "fingerprint": self.fingerprint, "config": self.config,
+                "git": self.git}
+
+
+def _attempt_of(record: dict | None) -> int | None:
+    value = (record or {}).get("attempt")
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def next_attempt(run_dir: Path, also_taken=()) -> int:
+    """1 + the highest attempt number the run folder knows (set-aside folders and records)."""
+    run_dir = Path(run_dir)
+    taken = set(also_taken)
+    if (run_dir / ATTEMPTS).is_dir():
+        taken |= {int(p.name) for p in (run_dir / ATTEMPTS).iterdir() if p.name.isdigit()}
+    taken |= {n for n in (_attempt_of(read_results(run_dir)), _attempt_of(read_results(run_dir, FAILED))) if n}
+    return max(taken | {0}) + 1
+
+
+def _set_aside(run_dir: Path, number: int, *names: str, rename: dict | None = None) -> None:
+    """Move run-folder entries into attempts/<number>/ (never over an existing entry)."""
+    target = run_dir / ATTEMPTS / str(number)
+    for name in names:
+        source = run_dir / name
+        if not source.exists():
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        dest = target / (rename or {}).get(name, Path(name).name)
+        while dest.exists():  # never overwrite what was set aside before
+            dest = dest.with_name(dest.name + ".1")
+        shutil.move(str(source), str(dest))
+
+
+def fresh_attempt(run_dir: Path, stale: dict | None = None) -> tuple[int, Path]:
+    """Start a new attempt: set aside what earlier attempts left that is not the completed record
+    and its curve; return the new attempt's number and the path of its curve.
+
+    `stale` is the meta of checkpoints that are not continued (a fresh start was asked for), or
+    None; checkpoints that cannot be read at all go aside too.
+    """
+    run_dir = Path(run_dir)
+    top, failed = read_results(run_dir), read_results(run_dir, FAILED)
+    taken: set[int] = set()
+
+    def number(preferred: int | None) -> int:
+        n = preferred or next_attempt(run_dir, taken)
+        taken.add(n)
+        return n
+
+    if (run_dir / FAILED).exists():  # a failed re-run's record joins its curve in attempts/<n>/
+        _set_aside(run_dir, number(_attempt_of(failed)), FAILED, rename={FAILED: RESULTS})
+    kept = bool(top) and top.get("status") == "completed"
+    stale_n = _attempt_of(stale)
+    orphan = None
+    if not kept and ((run_dir / CURVE).exists() or (run_dir / RESULTS).exists()):
+        # a failed or preempted first run, or one killed before its first checkpoint
+        curve_is_stale = stale is not None and stale.get("curve", CURVE) == CURVE
+        orphan = number(_attempt_of(top) or (stale_n if curve_is_stale else None))
+        _set_aside(run_dir, orphan, CURVE, RESULTS)
+    ckpts = run_dir / CHECKPOINTS
+    if ckpts.is_dir() and any(ckpts.iterdir()):
+        _set_aside(run_dir, number(stale_n or orphan), CHECKPOINTS)
+    elif ckpts.is_dir():
+        ckpts.rmdir()
+    n = number(None)
+    curve = run_dir / ATTEMPTS / str(n) / CURVE if kept else run_dir / CURVE
+    return n, curve
+
+
+def finish_attempt(run_dir: Path, attempt: Attempt, record: dict) -> Path:
+    """Write the attempt's record, and make the run folder's record and curve belong together:
+    a completed re-run's curve replaces the earlier completed pair (set aside, not lost)."""
+    run_dir = Path(run_dir)
+    record["attempt"] = attempt.number
+    top = read_results(run_dir)
+    if record.get("status") == "completed":
+        if attempt.curve != run_dir / CURVE:
+            old = _attempt_of(top)
+            if old is None or (run_dir / ATTEMPTS / str(old) / RESULTS).exists():
+                old = next_attempt(run_dir, {attempt.number})
+            _set_aside(run_dir, old, RESULTS, CURVE)
+            if attempt.curve.exists():
+                shutil.move(str(attempt.curve), str(run_dir / CURVE))
+            with_nothing_left = attempt.curve.parent
+            if with_nothing_left.is_dir() and not any(with_nothing_left.iterdir()):
+                with_nothing_left.rmdir()
+        failed = read_results(run_dir, FAILED)
+        if failed is not None and _attempt_of(failed) == attempt.number:
+            (run_dir / FAILED).unlink()  # this attempt's own earlier preempted segment: superseded
+    return write_results(run_dir, record)

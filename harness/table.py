@@ -20,6 +20,9 @@ The caption says which.
 Statistics: mean and sample std (ddof=1) over the runs of a group; a group of one run has no std
 ("± —"). `n` counts the completed runs of a group; a cell whose metric is null in some runs says
 `(n=k)`. Failed, preempted or unreadable runs are listed under the table and never averaged.
+Re-runs count once: records with the same config and seed (the same sweep run again into another
+folder, a run listed twice, the preempted and the resumed part of one run on W&B) are one run;
+the newest completed one is kept, the others are named in a note.
 
 Best (bold in Markdown, LaTeX and HTML), compared only between rows of the same task and model
 (and the same column in a pivot), on the mean:
@@ -37,6 +40,7 @@ import html
 import json
 import sys
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -56,7 +60,10 @@ CANDIDATE_BY = ("method", "model", "task", "lora.r", "lora.target_modules", "lor
 DEFAULT_METRICS = ("main", "params.trainable", "throughput.tokens_per_s", "memory.peak_rss_gib")
 # Config parts that legitimately differ between the seeds of one group.
 PER_RUN_CONFIG = {"seed", "resume", "sweep_name", "logger", "hydra", "wandb", "run_name", "output_dir",
-                  "checkpoint_every", "keep_checkpoints"}
+                  "checkpoint_every", "keep_checkpoints", "restart"}
+# What differs between re-runs of one configuration and seed: the above, plus the code and library
+# versions W&B runs carry in their config.
+RERUN_CONFIG = (PER_RUN_CONFIG - {"seed"}) | {"versions", "git", "save_model"}
 SKIP_KEYS = {"generations"}  # sample texts: long, and not a number to tabulate
 LOWER_IS_BETTER_WORDS = ("loss", "perplexity", "error", "time")
 LABELS = {
@@ -74,7 +81,8 @@ DASH = "—"
 
 
 def load_records(paths) -> list[dict]:
-    """Every results.json under `paths` (folders are searched recursively; files are taken as is).
+    """Every results.json under `paths` (folders are searched recursively; files are taken as is),
+    except those under a run folder's `attempts/` (earlier attempts set aside, see harness/results.py).
 
     Each record gets `path`, the run folder, so failed runs can be named. A file that is not valid
     JSON becomes a record with status "unreadable" rather than stopping the whole table.
@@ -84,7 +92,7 @@ def load_records(paths) -> list[dict]:
         if p.is_file():
             files = [p]
         elif p.is_dir():
-            files = sorted(p.rglob(RESULTS))
+            files = sorted(f for f in p.rglob(RESULTS) if "attempts" not in f.relative_to(p).parts[:-1])
         else:
             raise ValueError(f"no such file or folder: {p}")
         for f in files:
@@ -113,6 +121,57 @@ def run_record(run) -> dict:
     record.setdefault("run_name", getattr(run, "name", None))
     record["path"] = "wandb:" + "/".join(map(str, run.path)) if getattr(run, "path", None) else f"wandb:{run.id}"
     return record
+
+
+def run_identity(record: Mapping) -> str | None:
+    """The configuration and seed a record ran, as canonical JSON; None without a config (an
+    unreadable record), which is then never taken for a re-run of another."""
+    config = record.get("config")
+    if not isinstance(config, Mapping):
+        return None
+
+    def strip(node):
+        if isinstance(node, Mapping):
+            return {str(k): strip(v) for k, v in node.items() if k not in RERUN_CONFIG and k != "seed"}
+        return [strip(v) for v in node] if isinstance(node, (list, tuple)) else node
+
+    return json.dumps({"config": strip(config), "seed": record.get("seed", config.get("seed"))},
+                      sort_keys=True, default=str)
+
+
+def _recency(record: Mapping) -> float:
+    """When a record was written: its `finished_at`, else its file's time, else 0 (unknown)."""
+    try:
+        return datetime.fromisoformat(str(record["finished_at"])).timestamp()
+    except (KeyError, TypeError, ValueError):
+        pass
+    try:
+        return (Path(record["path"]) / RESULTS).stat().st_mtime
+    except (KeyError, TypeError, OSError):
+        return 0.0
+
+
+def dedupe(records: list[dict]) -> tuple[list[dict], list[str]]:
+    """One record per configuration and seed, so that re-runs never count as extra seeds.
+
+    Of the records sharing a `run_identity`, the newest completed one is kept (newest of any status
+    when none completed; equal times: the later in `records`, which is W&B's creation order);
+    a note names what was kept and what was left out. Order is otherwise kept.
+    """
+    groups: dict = {}
+    for i, record in enumerate(records):
+        groups.setdefault(run_identity(record) or ("unique", i), []).append(i)
+    keep, notes = set(), []
+    for members in groups.values():
+        done = [i for i in members if records[i].get("status") == "completed"]
+        pick = max(done or members, key=lambda i: (_recency(records[i]), i))
+        keep.add(pick)
+        if len(members) > 1:
+            others = [records[i].get("path", "?") for i in members if i != pick]
+            notes.append(f"note: {len(members)} records of one configuration and seed count once: kept "
+                         f"{records[pick].get('path', '?')} (the newest {'completed' if done else 'one'}), "
+                         f"not {', '.join(map(str, others))}")
+    return [r for i, r in enumerate(records) if i in keep], notes
 
 
 def _plain(obj):
@@ -652,6 +711,7 @@ def build(args) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
         records = load_records(args.paths)
     else:
         raise ValueError("give sweep folders (PATH ...) or --wandb ENTITY/PROJECT")
+    records, rerun_notes = dedupe(records)
     df = select(records_frame(records), args.where)
     if args.cols:
         args.cols = resolve_key(df, args.cols)
@@ -663,7 +723,7 @@ def build(args) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     summary = summarize(df, by, metrics, args.cols)
     hidden = hidden_variation(df, by + ([args.cols] if args.cols else []))
     notes = [f"note: runs averaged together differ in {', '.join(hidden)}; add to --by to split them"] if hidden else []
-    return summary, failed_runs(df), notes
+    return summary, failed_runs(df), rerun_notes + notes
 
 
 def main(argv=None) -> int:

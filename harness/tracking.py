@@ -1,9 +1,12 @@
 """Experiment tracking: `metrics.jsonl` is the truth, Weights & Biases mirrors it.
 
-One `Tracker` per Hydra job. It always appends rows to `<run_dir>/metrics.jsonl` (format in
-.agents/RESULTS.md) and, with `logger=wandb`, streams the same rows to one W&B run that is always
-finished, so a multirun never merges two jobs into one run. Tracking must never kill training:
-every W&B call is wrapped and a failure becomes a logged warning. `logger=none` never imports wandb.
+One `Tracker` per Hydra job. It always appends rows to `<run_dir>/metrics.jsonl` (or the curve file
+of its attempt, see harness/results.py; format in .agents/RESULTS.md) and, with `logger=wandb`,
+streams the same rows to one W&B run that is always finished, so a multirun never merges two jobs
+into one run; a job that resumes a run passes the run's id and continues its W&B run. Tracking must
+never kill training: every W&B call is wrapped and a failure becomes a logged warning.
+`logger=none` never imports wandb. Secrets are redacted (`redact`, `redact_text`) from everything
+this module writes, and `install_secret_redaction` redacts them from every log line.
 
 W&B layout (what `wandb.Api().run(...)` reads back):
 - config: the resolved run config passed to `start` (secrets redacted), nested as given.
@@ -22,12 +25,14 @@ and can be read back without a server by `read_offline_run`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import re
 import struct
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,9 +58,18 @@ _SECRET_KEY = re.compile(
 )
 # ...except tokenizer settings whose values are vocabulary strings, not credentials.
 _TOKENIZER_TOKEN = re.compile(r"^(?:pad|eos|bos|unk|sep|cls|mask|additional_special)_tokens?$", re.I)
-# Hugging Face tokens look like this wherever they appear.
-_HF_TOKEN_VALUE = re.compile(r"^hf_[A-Za-z0-9]{30,}$")
-_SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN", "GITHUB_TOKEN")
+# Hugging Face tokens look like this wherever they appear, alone or inside a longer string.
+_HF_TOKEN_TEXT = re.compile(r"hf_[A-Za-z0-9]{30,}")
+# `key=value` inside a string: a Hydra override ("+model.token=abc"), an override_dirname
+# ("seed=0,+model.token=abc"), a command line in a log line.
+_ASSIGNMENT = re.compile(r"(?P<key>[+~]*[A-Za-z_][\w.\-]*)=(?P<value>'[^']*'|\"[^\"]*\"|[^\s,'\"\]\)}]+)")
+_HARMLESS_VALUES = {"true", "false", "null", "none", REDACTED.lower()}  # `use_auth_token=true` reveals nothing
+# The usual secret environment variables; any other variable whose name looks secret (`*_TOKEN`,
+# `*_API_KEY`, `*_PASSWORD`, ...) counts too. Values shorter than this are not searched for inside
+# strings: a 1-character "secret" would redact every string holding that character.
+_SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_API_TOKEN", "GITHUB_TOKEN",
+               "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "OPENAI_API_KEY")
+_MIN_ENV_SECRET = 8
 
 
 def _is_secret_key(key: Any) -> bool:
@@ -63,32 +77,104 @@ def _is_secret_key(key: Any) -> bool:
     return bool(_SECRET_KEY.search(key)) and not _TOKENIZER_TOKEN.match(key)
 
 
+def _env_secrets() -> list[str]:
+    """Values of secret environment variables, longest first (so no secret is half-replaced)."""
+    names = set(_SECRET_ENV) | {k for k in os.environ if _is_secret_key(k)}
+    values = {os.environ[k] for k in names if len(os.environ.get(k) or "") >= _MIN_ENV_SECRET}
+    return sorted(values, key=len, reverse=True)
+
+
+def redact_text(text: str, env_secrets: Sequence[str] | None = None) -> str:
+    """`text` with secrets inside it replaced: values of secret environment variables, anything
+    shaped like a Hugging Face token, and the value of every `key=value` whose key looks secret."""
+    for secret in _env_secrets() if env_secrets is None else env_secrets:
+        text = text.replace(secret, REDACTED)
+    text = _HF_TOKEN_TEXT.sub(REDACTED, text)
+
+    def assignment(m: re.Match) -> str:
+        leaf = m["key"].lstrip("+~").rsplit(".", 1)[-1]
+        if _is_secret_key(leaf) and m["value"].strip("'\"").lower() not in _HARMLESS_VALUES:
+            return f"{m['key']}={REDACTED}"
+        return m[0]
+
+    return _ASSIGNMENT.sub(assignment, text)
+
+
 def redact(config: Any) -> Any:
     """Copy `config` as plain dicts/lists with secret values replaced by "***REDACTED***".
 
     Secret = the value of a key that looks secret (`api_key`, `hf_token`, `password`, ...; None and
-    booleans such as `use_auth_token: true` are kept because they reveal nothing), a string equal
-    to a secret environment variable (`WANDB_API_KEY`, `HF_TOKEN`, ...) wherever it sits, a string
-    shaped like a Hugging Face token, or the value in a `key=value` override whose key is secret.
+    booleans such as `use_auth_token: true` are kept because they reveal nothing), and inside every
+    string what `redact_text` finds: a secret environment variable's value (`WANDB_API_KEY`,
+    `HF_TOKEN`, ...), a string shaped like a Hugging Face token, the value in a `key=value` override
+    whose key is secret.
     """
-    env_secrets = {os.environ[k] for k in _SECRET_ENV if os.environ.get(k)}
+    env_secrets = _env_secrets()
 
     def walk(obj: Any) -> Any:
         if isinstance(obj, Mapping):
             return {k: (REDACTED if _is_secret_key(k) and v is not None and not isinstance(v, bool)
                         else walk(v)) for k, v in obj.items()}
         if isinstance(obj, str):
-            if obj in env_secrets or _HF_TOKEN_VALUE.match(obj):
-                return REDACTED
-            key, eq, _ = obj.partition("=")  # a Hydra override such as "+hf_token=abc"
-            if eq and _is_secret_key(key.lstrip("+~").rsplit(".", 1)[-1]):
-                return f"{key}={REDACTED}"
-            return obj
+            return redact_text(obj, env_secrets)
         if isinstance(obj, Sequence | set | frozenset) and not isinstance(obj, bytes | bytearray):
             return [walk(v) for v in obj]
         return obj
 
     return walk(config)
+
+
+def redact_yaml_file(path: Path) -> bool:
+    """Rewrite a YAML file (Hydra's `.hydra/*.yaml`, `multirun.yaml`) with its secrets redacted.
+
+    Hydra writes these before the job function runs, with every override verbatim, so a token
+    given on the command line would sit in the run folder. Interpolations stay unresolved. Written
+    atomically and only when something changed; returns whether it did.
+    """
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    if not path.is_file():
+        return False
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    clean = redact(data)
+    if clean == data:
+        return False
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(clean)))
+    os.replace(tmp, path)
+    return True
+
+
+def _redact_record(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a malformed call: logging reports it when the record is emitted
+        return
+    clean = redact_text(message)
+    if clean != message:
+        record.msg, record.args = clean, None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = redact_text(logging.Formatter().formatException(record.exc_info))
+
+
+def install_secret_redaction() -> None:
+    """Redact secrets from every log record as it is created (its message and its traceback), in
+    this process, whatever handlers write it later: Hydra's launcher logs every job's overrides
+    verbatim, after configuring its own handlers, and each job's console and `train.log` handlers
+    are made anew from `hydra/job_logging`. A record factory outlives all of that (a handler filter
+    would not). Idempotent."""
+    base = logging.getLogRecordFactory()
+    if getattr(base, "redacts_secrets", False):
+        return
+
+    def factory(*args, **kwargs) -> logging.LogRecord:
+        record = base(*args, **kwargs)
+        _redact_record(record)
+        return record
+
+    factory.redacts_secrets = True
+    logging.setLogRecordFactory(factory)
 
 
 # ----------------------------------------------------------------------------- run names
@@ -212,9 +298,10 @@ class Tracker:
     an exception escapes), so each Hydra job's run is closed even if the trainer crashes.
     """
 
-    def __init__(self, run_dir: Path, run: Any = None, mode: str | None = None):
+    def __init__(self, run_dir: Path, run: Any = None, mode: str | None = None, metrics_path: Path | None = None):
         self.run_dir = Path(run_dir)
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+        # metrics.jsonl of the run folder, or of attempts/<n>/ for a re-run over a completed record
+        self.metrics_path = Path(metrics_path) if metrics_path else self.run_dir / "metrics.jsonl"
         self.run = run            # the wandb Run, or None when W&B is off or could not start
         self.mode = mode          # the W&B mode actually used ("offline" after a fallback), or None
         self.finished = False
@@ -229,17 +316,24 @@ class Tracker:
     @classmethod
     def start(cls, logger_cfg: Any, run_dir: Path, run_name: str, group: str | None, job_type: str,
               config: Mapping, tags: Sequence[str] = (), *, main_metric: str | None = None,
-              greater_is_better: bool = True) -> Tracker:
+              greater_is_better: bool = True, metrics_path: Path | None = None,
+              run_id: str | None = None) -> Tracker:
         """Open the tracker for one job. `group` is used unless logger.group sets one.
 
         `main_metric` (e.g. "accuracy") makes the W&B summary of `eval/<main_metric>` keep its best
-        value next to its last one. Bad logger settings raise ValueError; W&B failures only warn.
+        value next to its last one. `run_id` names the W&B run: a run resumed from a checkpoint
+        passes the id its first process used, so every process of one run streams into one W&B run
+        (`resume="allow"`: the run is continued when it exists, created when it does not).
+        `metrics_path` is where rows go (default `<run_dir>/metrics.jsonl`). Bad logger settings
+        raise ValueError; W&B failures only warn.
         """
         settings = LoggerSettings.from_cfg(logger_cfg)
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        if metrics_path is not None:
+            Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
         if settings.name == "none":
-            return cls(run_dir)
+            return cls(run_dir, metrics_path=metrics_path)
         all_tags = [str(t)[:64] for t in dict.fromkeys([*settings.tags, *tags]) if str(t)]  # W&B: 1..64 chars
         init_kwargs = dict(
             project=settings.project, entity=settings.entity, dir=str(settings.dir or run_dir),
@@ -247,8 +341,10 @@ class Tracker:
             notes=settings.notes, config=_jsonable(redact(config)),
             reinit="finish_previous",  # a run leaked by an earlier job in this process is closed
         )
+        if run_id:
+            init_kwargs.update(id=run_id, resume="allow")
         run, mode = _init_wandb(settings.mode, settings.init_timeout, init_kwargs, run_dir)
-        tracker = cls(run_dir, run, mode)
+        tracker = cls(run_dir, run, mode, metrics_path=metrics_path)
         if run is not None:
             tracker._define_metrics(main_metric, greater_is_better)
         return tracker
@@ -290,6 +386,39 @@ class Tracker:
         except Exception as e:  # noqa: BLE001
             log.warning("W&B log failed at step %s (%s: %s); metrics.jsonl still has the row",
                         step, type(e).__name__, e)
+
+    def sync(self) -> None:
+        """fsync metrics.jsonl: called before a checkpoint is saved, so the rows up to the
+        checkpoint's step are on disk whenever the checkpoint is."""
+        try:
+            with open(self.metrics_path, "rb") as f:
+                os.fsync(f.fileno())
+        except FileNotFoundError:
+            pass
+
+    def rewind(self, step: int) -> int:
+        """Keep only the rows up to `step`: a run resumed from the checkpoint at `step` logs the
+        later ones again. A line that is not JSON (the torn last line a kill leaves mid-write) is
+        dropped too. Returns the number of lines dropped."""
+        if not self.metrics_path.exists():
+            return 0
+        kept, dropped = [], 0
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                kept.append(line + "\n")
+            elif line.strip():
+                dropped += 1
+        tmp = self.metrics_path.with_name(f".{self.metrics_path.name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(kept))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.metrics_path)
+        return dropped
 
     def finish(self, record: Mapping[str, Any]) -> None:
         """Put the results record into the W&B summary and close the run: exit code 0 when
@@ -341,6 +470,17 @@ def _flush_wandb() -> None:
         log.warning("W&B teardown failed (%s: %s)", type(e).__name__, e)
 
 
+@contextlib.contextmanager
+def _redacted_argv():
+    """W&B stores the command line (`sys.argv`) in the run's metadata: show it a redacted copy."""
+    argv = sys.argv
+    sys.argv = redact(list(argv))
+    try:
+        yield
+    finally:
+        sys.argv = argv
+
+
 def _init_wandb(mode: str, init_timeout: float, init_kwargs: dict, run_dir: Path) -> tuple[Any, str | None]:
     """wandb.init in `mode`; an online run that cannot reach the server goes offline instead."""
     try:
@@ -349,7 +489,8 @@ def _init_wandb(mode: str, init_timeout: float, init_kwargs: dict, run_dir: Path
         log.warning("cannot import wandb (%s); metrics go to metrics.jsonl only", e)
         return None, None
     try:
-        run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=init_timeout), **init_kwargs)
+        with _redacted_argv():
+            run = wandb.init(mode=mode, settings=wandb.Settings(init_timeout=init_timeout), **init_kwargs)
         return run, mode
     except Exception as e:  # noqa: BLE001
         if mode != "online":
@@ -359,7 +500,8 @@ def _init_wandb(mode: str, init_timeout: float, init_kwargs: dict, run_dir: Path
         log.warning("W&B online init failed (%s: %s); continuing OFFLINE. Upload later with: "
                     "wandb sync %s/wandb/offline-run-*", type(e).__name__, e, init_kwargs["dir"])
     try:
-        return wandb.init(mode="offline", **init_kwargs), "offline"
+        with _redacted_argv():
+            return wandb.init(mode="offline", **init_kwargs), "offline"
     except Exception as e:  # noqa: BLE001
         log.warning("W&B offline init failed too (%s: %s); metrics go to metrics.jsonl only",
                     type(e).__name__, e)

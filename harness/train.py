@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import signal
@@ -23,6 +22,7 @@ import sys
 import time
 import traceback
 from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
 
 import hydra
@@ -41,10 +41,11 @@ from harness.config import ConfigError, MethodConfig, TrainerConfig, validate
 from harness.lora import apply_lora, count_parameters, trainable_state_bytes
 from harness.measure import StepTimer, memory_summary, reset_cuda_peak, reset_peak_rss
 from harness.models import base_checkpoint, load_model, load_tokenizer
-from harness.results import git_state, read_results, versions, write_results
+from harness.results import (Attempt, finish_attempt, fresh_attempt, git_state, new_run_id, next_attempt,
+                             read_results, versions, write_results)
 from harness.scoring import evaluate_model, generate_samples
 from harness.tasks import build_task
-from harness.tracking import Tracker, redact, run_name
+from harness.tracking import Tracker, install_secret_redaction, redact, redact_text, redact_yaml_file, run_name
 
 log = logging.getLogger("harness")
 
@@ -120,10 +121,18 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 
 class _Signals:
-    """Turn SIGTERM/SIGINT (what Slurm sends before preemption) into a flag the loop checks."""
+    """Turn SIGTERM/SIGINT (what Slurm sends before preemption) into a flag the loop checks.
 
-    def __init__(self):
+    With `immediate=True` the signal raises Preempted at once instead: what run_job installs around
+    the whole of `fit`, so a signal outside the step loop (while loading, or during the final
+    evaluation or save, where no step boundary comes to check a flag) still ends the run as
+    preempted with its record written and its W&B run finished. The step loop's own handler
+    replaces it while steps run and restores it after.
+    """
+
+    def __init__(self, immediate: bool = False):
         self.received: int | None = None
+        self.immediate = immediate
         self._old = {}
 
     def __enter__(self):
@@ -136,6 +145,9 @@ class _Signals:
 
     def _handle(self, signum, frame):
         self.received = signum
+        if self.immediate:
+            raise Preempted(f"signal {signum} outside a training step (while loading, in the final "
+                            f"evaluation or while saving)")
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -207,8 +219,13 @@ def _save_trained(model, method: MethodConfig, cfg: DictConfig, tokenizer, folde
 
 
 def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Path, tracker: Tracker,
-        record: dict) -> None:
-    """Train and evaluate; fill `record` in place as results become known (so a failure keeps them)."""
+        record: dict, attempt: Attempt | None = None) -> None:
+    """Train and evaluate; fill `record` in place as results become known (so a failure keeps them).
+
+    `attempt` (from run_job) says which checkpoints to continue from and what they must carry;
+    None trains from step 0 without resuming.
+    """
+    attempt = attempt or Attempt(run_dir, 1, tracker.metrics_path, None)
     device = pick_device(tcfg.device)
     record["device"] = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
     autocast = _autocast(device, tcfg.precision)
@@ -237,15 +254,34 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
     ckpt_root = run_dir / "checkpoints"
     loop = {"step": 0, "best": None, "evals": [], "skipped_steps": 0}
     rng = None
-    last = checkpoint.list_checkpoints(ckpt_root)
-    if last:
-        state = checkpoint.load(last[-1], model, optimizer, scheduler)
+    if attempt.checkpoints:
+        path, state = checkpoint.load_newest(attempt.checkpoints, model, optimizer, scheduler,
+                                             hint="add trainer.restart=true to start afresh")
         loop, rng = state["loop"], state["rng"]
-        log.info("resumed from %s (step %d of %d)", last[-1], loop["step"], total_steps)
-        _drop_rows_after(run_dir / "metrics.jsonl", loop["step"])
+        log.info("resumed from %s (step %d of %d)", path, loop["step"], total_steps)
+        if tracker.rewind(loop["step"]):
+            log.info("dropped the rows after step %d from %s (logged again now)", loop["step"], tracker.metrics_path)
+    # One record per run, however many processes it took: each process is a segment; the
+    # checkpoint carries the earlier segments and the step timer's sums (see save_checkpoint).
+    prior = loop.get("segments", [])
+    segment = {"from_step": loop["step"], "to_step": None, "train_time_s": None, "wall_time_s": None,
+               "git_commit": (record.get("git") or {}).get("commit")}
+    record["segments"] = prior + [segment]
 
     reset_cuda_peak(device)
     timer = StepTimer(tcfg.timing_warmup_steps, device)
+    timer.load_state_dict(loop.get("timer") or {})
+    prior_train_s = sum(s["train_time_s"] or 0.0 for s in prior)
+
+    def segments_now() -> list[dict]:
+        return prior + [{**segment, "to_step": step, "train_time_s": timer.total_s - prior_train_s,
+                         "wall_time_s": time.perf_counter() - attempt.started}]
+
+    def save_checkpoint() -> Path:
+        loop["timer"], loop["segments"] = timer.state_dict(), segments_now()
+        tracker.sync()  # the curve up to this step is on disk whenever the checkpoint is
+        return checkpoint.save(ckpt_root, step, model, optimizer, scheduler, loop, tcfg.keep_checkpoints,
+                               meta=attempt.meta())
     main_metric, greater = task.main_metric, task.greater_is_better
     best_weights = BestWeights(ckpt_root / "best.safetensors") if tcfg.select_best else None
     if best_weights is not None and loop["best"] is not None:  # resumed: the best so far is on disk
@@ -329,13 +365,17 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
                 if (tcfg.eval_every and step % tcfg.eval_every == 0) or (not tcfg.eval_every and end_of_epoch):
                     run_eval(step)
                 if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step < total_steps:
-                    checkpoint.save(ckpt_root, step, model, optimizer, scheduler,
-                                    loop, tcfg.keep_checkpoints)
+                    save_checkpoint()
                 if signals.received is not None:
-                    path = checkpoint.save(ckpt_root, step, model, optimizer, scheduler, loop, tcfg.keep_checkpoints)
+                    path = save_checkpoint()
+                    record["segments"] = loop["segments"]
                     raise Preempted(f"signal {signals.received} at step {step}; checkpoint saved at {path}")
     bar.close()
+    record["segments"] = segments_now()
+    if tcfg.checkpoint_every and not (ckpt_root / f"{checkpoint.PREFIX}{step:07d}").exists():
+        save_checkpoint()  # training is done: a preemption from here on only redoes the final evaluation
     if not loop["evals"] or loop["evals"][-1]["step"] != step:
+        log.info("final evaluation at step %d", step)
         run_eval(step)
 
     final = {k: v for k, v in loop["evals"][-1].items() if k not in ("step", "epoch")}
@@ -365,7 +405,7 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
     record["throughput"] = timer.summary()
     record["memory"] = memory_summary(device, trainable_state_bytes(model))
     record["steps"], record["epochs"] = step, step / steps_per_epoch
-    record["train_time_s"] = timer.total_s  # training steps only (this process's share if resumed)
+    record["train_time_s"] = timer.total_s  # training steps only, every segment of a resumed run
     if task.kind == "causal_lm":
         record["generations"] = generate_samples(model, tokenizer, task)
     if tcfg.save_model:
@@ -376,16 +416,6 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
                 _save_trained(model, method, cfg, tokenizer, run_dir / f"{kind}_best")
     # Checkpoints exist to resume; once completed, the same command must train afresh, not resume.
     shutil.rmtree(ckpt_root, ignore_errors=True)
-
-
-def _drop_rows_after(metrics_path: Path, step: int) -> None:
-    """Rows logged after the checkpoint the run resumes from will be logged again: drop them."""
-    if metrics_path.exists():
-        lines = metrics_path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-        tmp = metrics_path.with_suffix(".tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, metrics_path)
 
 
 def _job_info(cfg: DictConfig) -> tuple[Path, bool, dict]:
@@ -400,8 +430,52 @@ def _log_traceback_to_file(text: str) -> None:
     """Full trace in the job log file only; the console gets one line."""
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
-            handler.stream.write(text)
+            handler.stream.write(redact_text(text))
             handler.flush()
+
+
+def _redact_hydra_files(run_dir: Path, sweep: dict) -> None:
+    """Hydra writes the overrides verbatim into `.hydra/` (and a sweep's `multirun.yaml`) before
+    the job starts; rewrite them with secrets redacted before anything else happens."""
+    files = [run_dir / ".hydra" / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+    if sweep["dir"]:
+        files.append(Path(sweep["dir"]) / "multirun.yaml")
+    for path in files:
+        try:
+            redact_yaml_file(path)
+        except Exception as e:  # noqa: BLE001 - a file we cannot parse is left as Hydra wrote it
+            log.warning("could not redact %s (%s: %s)", path, type(e).__name__, e)
+
+
+def _begin_attempt(cfg: DictConfig, config: dict, run_dir: Path, git: dict, started: float) -> Attempt:
+    """Continue the attempt of the newest readable checkpoint, or start a new attempt.
+
+    Continuing needs the config the checkpoints were trained with: a changed value stops the job
+    with one line naming it (ConfigError). `trainer.restart=true` starts afresh instead, setting
+    the checkpoints and the unfinished attempt's curve aside in attempts/<n>/.
+    """
+    restart = OmegaConf.select(cfg, "trainer.restart", default=False)
+    if not isinstance(restart, bool):
+        raise ConfigError(f"trainer.restart={restart!r} is invalid: must be true or false")
+    flat = checkpoint.resume_config(config)
+    common = dict(started=started, config=flat, fingerprint=checkpoint.fingerprint(flat), git=git)
+    found = checkpoint.resumable(run_dir / "checkpoints")
+    if found and not restart:
+        path, meta = found[0]
+        if meta:
+            checkpoint.check_config(path, meta, flat, restart_hint="trainer.restart=true")
+        else:
+            log.warning("checkpoint %s has no meta.json (an older harness): resuming without checking the config", path)
+        old = (meta.get("git") or {}).get("commit")
+        if old and old != git.get("commit"):
+            log.warning("the code changed since checkpoint %s (commit %s, now %s)", path.name, old[:12],
+                        (git.get("commit") or "unknown")[:12])
+        return Attempt(run_dir, meta.get("attempt") or next_attempt(run_dir), run_dir / meta.get("curve", "metrics.jsonl"),
+                       meta.get("wandb_run_id") or new_run_id(), [p for p, _ in found], **common)
+    if found:
+        log.info("trainer.restart=true: starting afresh; the checkpoints from step %d are set aside", found[0][1].get("step", -1))
+    number, curve = fresh_attempt(run_dir, found[0][1] if found else None)
+    return Attempt(run_dir, number, curve, new_run_id(), [], **common)
 
 
 def run_job(cfg: DictConfig) -> float:
@@ -409,6 +483,8 @@ def run_job(cfg: DictConfig) -> float:
     t0 = time.perf_counter()
     reset_peak_rss()
     run_dir, multirun, sweep = _job_info(cfg)
+    install_secret_redaction()  # already done by main(); a launcher's worker process may not run it
+    _redact_hydra_files(run_dir, sweep)
     previous = read_results(run_dir)
     if cfg.resume and previous and previous.get("status") == "completed":
         log.info("resume=true: %s already completed, skipping", run_dir)
@@ -420,25 +496,29 @@ def run_job(cfg: DictConfig) -> float:
         "task": cfg.task.get("name"), "seed": cfg.get("seed"), "run_name": None, "lr": method_cfg.get("lr"),
         "lora": None, "params": None, "metrics": None, "throughput": None, "memory": None,
         "versions": versions(), "git": git_state(), "device": None, "sweep": sweep,
-        "config": redact(OmegaConf.to_container(cfg, resolve=False)),
+        "config": redact(OmegaConf.to_container(cfg, resolve=False)), "traceback": None,
+        "attempt": None, "segments": None,
     }
-    tracker = None
+    tracker = attempt = None
     try:
         config = record["config"] = redact(OmegaConf.to_container(cfg, resolve=True))
         record["run_name"] = run_name(method_cfg, cfg.seed)
+        attempt = _begin_attempt(cfg, config, run_dir, record["git"], t0)
         group = cfg.logger.get("group") or (cfg.sweep_name if multirun else None)
         # Started before validation, so a job with a bad value shows up as a failed W&B run too.
         tracker = Tracker.start(cfg.logger, run_dir, record["run_name"], group=group, job_type=record["method"],
                                 config={**config, "versions": record["versions"], "git": record["git"]},
                                 tags=[record["method"], record["model"], record["task"]],
                                 main_metric=cfg.task.get("main_metric"),
-                                greater_is_better=cfg.task.get("greater_is_better", True))
+                                greater_is_better=cfg.task.get("greater_is_better", True),
+                                metrics_path=attempt.curve, run_id=attempt.wandb_run_id)
         method, tcfg = validate(cfg)
         if method.name == "lora":
             record["lora"] = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in asdict(method).items()
                               if k in ("r", "alpha", "target_modules", "dropout", "init", "rslora")}
         seed_everything(cfg.seed)
-        fit(cfg, method, tcfg, run_dir, tracker, record)
+        with _Signals(immediate=True):  # outside the step loop a signal stops at once, as preempted
+            fit(cfg, method, tcfg, run_dir, tracker, record, attempt)
         record["status"] = "completed"
     except Exception as e:  # noqa: BLE001 - every failure is recorded, never lost
         record["status"] = "preempted" if isinstance(e, Preempted) else "failed"
@@ -447,8 +527,13 @@ def run_job(cfg: DictConfig) -> float:
         _log_traceback_to_file(record["traceback"])
         log.error("%s: %s", record["status"], record["error"])
     finally:
-        record["wall_time_s"] = time.perf_counter() - t0
-        path = write_results(run_dir, record)
+        wall = time.perf_counter() - t0
+        if record["segments"]:  # a resumed run's wall time is the sum over its processes
+            record["segments"][-1]["wall_time_s"] = wall
+            wall = sum(s["wall_time_s"] or 0.0 for s in record["segments"])
+        record["wall_time_s"] = wall
+        record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        path = finish_attempt(run_dir, attempt, record) if attempt else write_results(run_dir, record)
         if tracker is not None:
             tracker.finish(record)
         log.info("results: %s", path)
@@ -483,8 +568,15 @@ class SweepReport(Callback):
 # An absolute path: a relative one resolves against the `harness` package when run as a console script.
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent.parent / "conf"),
             config_name="config")
-def main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> float:
     return run_job(cfg)
+
+
+def main():
+    """harness-train. Log lines are redacted from the start: Hydra's launcher logs every job's
+    overrides, secrets included, before any job runs."""
+    install_secret_redaction()
+    return _hydra_main()
 
 
 if __name__ == "__main__":

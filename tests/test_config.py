@@ -63,6 +63,7 @@ BAD = [
     ("trainer.batch_size=abc", "trainer.batch_size"),
     ("+trainer.epoch=3", "trainer.epoch"),
     ("seed=-1", "seed=-1 is invalid"),
+    ("trainer.restart=maybe", "trainer.restart"),
 ]
 
 
@@ -79,5 +80,9 @@ def test_run_folder_names_stay_flat_short_and_unique():
 
     assert _dirname("") == "default"
     assert _dirname("model.name_or_path=/data/m,seed=1") == "model.name_or_path=_data_m,seed=1"
+    # a secret never becomes part of a folder name (every file naming the run folder would hold it)
+    assert _dirname("seed=1,+model.token=abc,method.target_modules=[query,value]") == \
+        "seed=1,method.target_modules=[query,value]"
+    assert _dirname("+db.password='a,b'") == "default"
     long_a, long_b = "x=" + "a" * 300, "x=" + "a" * 299 + "b"
     assert len(_dirname(long_a)) <= 191 and _dirname(long_a) != _dirname(long_b)

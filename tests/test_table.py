@@ -18,6 +18,7 @@ sweep_targets (rotten_tomatoes, lora r=4 query,key,value,dense): .815 .825 -> .8
 """
 
 import io
+import json
 import re
 import shutil
 import sys
@@ -478,3 +479,63 @@ def test_module_runs_as_script(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].startswith("method,task,n,metrics.final.accuracy.mean")
     assert len(done.stdout.splitlines()) == 3  # header + full + lora: nothing else on stdout
+
+
+# ----------------------------------------------------------------------------- re-runs
+
+
+def rewrite(path, **changes):
+    record = json.loads(path.read_text())
+    for dotted, value in changes.items():
+        node, *keys, leaf = [record, *dotted.split("__")]
+        for k in keys:
+            node = node[k]
+        node[leaf] = value
+    path.write_text(json.dumps(record))
+
+
+def test_reruns_of_one_config_and_seed_count_once_newest_completed_kept(tmp_path, capsys):
+    """The sweep run again into a second folder: still 3 seeds per row, not 6. The re-run of r=8 seed 0
+    is newer and scored .91, so its row is (.91 + .83 + .85) / 3 = .863333 (std: deviations .046667
+    -.033333 -.013333, squares sum .0034667, / 2, sqrt = .041633);
+    the re-run of full seed 0 was preempted, so the older completed one stays and no failure is listed."""
+    first, again = tmp_path / "first", tmp_path / "again"
+    shutil.copytree(LVF, first)
+    shutil.copytree(LVF, again)
+    for folder, when in ((first, "2026-11-01T10:00:00+00:00"), (again, "2026-11-02T10:00:00+00:00")):
+        for path in folder.glob("*/results.json"):
+            rewrite(path, finished_at=when, sweep__dir=str(folder))
+    rewrite(again / "6_lora-r8-qv-seed0/results.json", metrics__final__accuracy=0.91)
+    rewrite(again / "0_full-seed0/results.json", status="preempted", metrics=None)
+    # what an attempt set aside inside a run folder holds is never read
+    shutil.copytree(again / "1_full-seed1", again / "1_full-seed1" / "attempts" / "1")
+
+    args = T.parser().parse_args([str(first), str(again)])
+    summary, failed, notes = T.build(args)
+    assert summary["n"].tolist() == [3, 3, 3]
+    r8 = row(summary, **{"lora.r": 8})
+    assert r8["metrics.final.accuracy.mean"] == pytest.approx(0.863333, abs=1e-6)
+    assert r8["metrics.final.accuracy.std"] == pytest.approx(0.041633, abs=1e-6)
+    assert row(summary, **{"lora.r": None})["metrics.final.accuracy.mean"] == pytest.approx(0.82, abs=1e-6)
+    assert [Path(p).name for p in failed["path"]] == ["9_lora-r8-qv-seed3"]  # one failure, not two
+    assert str(Path(failed["path"][0]).parent) == str(again)  # the newer of the two failed records
+    reruns = [n for n in notes if "count once" in n]
+    assert len(reruns) == 10
+    assert (f"note: 2 records of one configuration and seed count once: kept {again}/6_lora-r8-qv-seed0 "
+            f"(the newest completed), not {first}/6_lora-r8-qv-seed0") in reruns
+    assert f"kept {first}/0_full-seed0 (the newest completed), not {again}/0_full-seed0" in "\n".join(reruns)
+
+    assert T.main([str(first), str(again)]) == 0
+    captured = capsys.readouterr()
+    assert "| lora   | rotten_tomatoes | 8      | 3   | **0.8633 ± 0.0416** |" in captured.out
+    assert "count once" in captured.err
+
+
+def test_wandb_run_listed_twice_counts_once(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(Api=FakeApi))
+    records = T.load_records([LVF])
+    FakeApi.runs_to_return = [fake_run(r, run_id=f"{i}{copy}") for copy in "ab" for i, r in enumerate(records)]
+    assert T.main(["--wandb", "ent/proj"]) == 0
+    captured = capsys.readouterr()
+    assert "| lora   | rotten_tomatoes | 8      | 3   | **0.8300 ± 0.0200** |" in captured.out
+    assert captured.err.count("count once") == 10 and "kept wandb:ent/proj/6b" in captured.err

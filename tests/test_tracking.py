@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from harness.tracking import REDACTED, Tracker, read_offline_run, record_from_summary, redact, run_name
+from harness.tracking import (REDACTED, Tracker, install_secret_redaction, read_offline_run, record_from_summary,
+                              redact, redact_text, redact_yaml_file, run_name)
 
 WANDB_OFFLINE = {"name": "wandb", "project": "lora-harness-test", "mode": "offline", "tags": ["ci"]}
 HF_TOKEN = "hf_" + "A1b2C3d4" * 5
@@ -274,3 +275,79 @@ def test_redact():
         "train": {"max_tokens": 512, "tokens_per_s": 1.0, "keys": ["query"], "seed": 0},
     }
     assert type(out) is dict and type(out["overrides"]) is list  # plain containers, ready for JSON
+
+
+def test_redact_text_inside_strings(monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "plain-secret-123")  # a secret env var by its name
+    monkeypatch.setenv("SHORT_TOKEN", "abc")  # too short to search for inside strings
+    line = (f"#0 : seed=0 +model.token=xyz123 +db.password=hunter2 use_auth_token=true pad_token=[PAD] "
+            f"url=https://u:plain-secret-123@host dirname=seed=0,+hub.api_key=k9,method.r=8 abc {HF_TOKEN}x")
+    assert redact_text(line) == (
+        f"#0 : seed=0 +model.token={REDACTED} +db.password={REDACTED} use_auth_token=true pad_token=[PAD] "
+        f"url=https://u:{REDACTED}@host dirname=seed=0,+hub.api_key={REDACTED},method.r=8 abc {REDACTED}x")
+
+
+def test_log_records_are_redacted_whatever_handler_writes_them(tmp_path):
+    install_secret_redaction()
+    install_secret_redaction()  # idempotent: one factory, not two stacked
+    assert logging.getLogRecordFactory().redacts_secrets
+    logger = logging.getLogger("test_secret_redaction")
+    handler = logging.FileHandler(tmp_path / "job.log")  # made after the install, as Hydra's are
+    logger.addHandler(handler)
+    try:
+        logger.warning("overrides: %s", ["+model.token=abc123", "seed=0"])
+        try:
+            raise ValueError(f"bad token {HF_TOKEN}")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    text = (tmp_path / "job.log").read_text()
+    assert "abc123" not in text and HF_TOKEN not in text
+    assert f"overrides: ['+model.token={REDACTED}', 'seed=0']" in text and f"ValueError: bad token {REDACTED}" in text
+
+
+def test_redact_yaml_file_keeps_interpolations(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(f"model:\n  token: abc\n  name: ${{oc.env:USER}}\noverrides:\n- +model.token={HF_TOKEN}\n- seed=0\n")
+    assert redact_yaml_file(path)
+    assert OmegaConf.to_container(OmegaConf.load(path)) == {
+        "model": {"token": REDACTED, "name": "${oc.env:USER}"}, "overrides": [f"+model.token={REDACTED}", "seed=0"]}
+    assert not redact_yaml_file(path)  # nothing left to redact: not rewritten
+
+
+def test_rewind_drops_later_rows_and_a_torn_last_line(tmp_path):
+    tracker = Tracker.start({"name": "none"}, tmp_path, "x", None, "lora", {})
+    for step in (1, 2, 3):
+        tracker.log({"train/loss": 1.0 / step}, step=step)
+    with open(tracker.metrics_path, "a") as f:
+        f.write('{"step": 4, "train/lo')  # a kill mid-write
+    assert tracker.rewind(2) == 2
+    assert read_jsonl(tracker.metrics_path) == [{"step": 1, "train/loss": 1.0}, {"step": 2, "train/loss": 0.5}]
+    tracker.log({"train/loss": 0.25}, step=3)
+    assert [r["step"] for r in read_jsonl(tracker.metrics_path)] == [1, 2, 3]
+
+
+def test_secrets_stay_out_of_every_file_of_a_sweep(tiny_model_dir, tmp_path, monkeypatch):
+    """A token, a password and a secret env var's value given on the command line: none of them in
+    any file of the sweep folder (Hydra's, the record, the log, W&B's offline run) or on the console."""
+    from tests.helpers import read_record, run_cli
+
+    token, password, env_secret = "hf_" + "Zy9" * 12, "s3cr3t-Pa55word-42", "env-only-secret-7781"
+    monkeypatch.setenv("MY_SERVICE_TOKEN", env_secret)
+    sweep = tmp_path / "sweep"
+    proc = run_cli(tiny_model_dir, sweep, f"+model.token={token}", f"+model.hub_password={password}",
+                   "+model.auth=${oc.env:MY_SERVICE_TOKEN}", "logger=wandb", "logger.mode=offline",
+                   "trainer.save_model=false", "task.limit_train=16", multirun=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (job,) = [p.parent for p in sweep.glob("*/results.json")]
+    rec = read_record(job)
+    assert f"+model.token={REDACTED}" in rec["sweep"]["overrides"] and rec["config"]["model"]["auth"] == REDACTED
+    files = [p for p in sweep.rglob("*") if p.is_file()]
+    assert {".hydra/hydra.yaml", "multirun.yaml", "train.log", "results.json"} <= {
+        p.relative_to(job if job in p.parents else sweep).as_posix() for p in files}
+    assert any(p.suffix == ".wandb" for p in files)
+    for secret in (token, password, env_secret):
+        assert [str(p) for p in files if secret.encode() in p.read_bytes()] == [], secret
+        assert secret not in str(job) and secret not in proc.stdout + proc.stderr
