@@ -84,7 +84,7 @@ class MethodConfig:
     alpha_pattern: Optional[Dict[str, Any]] = None
 
     def __post_init__(self):
-        _check(self.name in ("lora", "full"), "method", self.name, "choose lora or full")
+        _check(self.name in ("lora", "full"), "method.name", self.name, "choose lora or full")
         _check(self.lr > 0, "method.lr", self.lr, "must be > 0")
         targets = self.target_modules
         _check(isinstance(targets, str) or (isinstance(targets, (list, tuple)) and
@@ -265,7 +265,7 @@ def typed(group: str, schema: type, node: DictConfig | dict):
     except ConfigKeyError as e:
         key = str(getattr(e, "key", None) or (e.full_key or "").split(".")[0])
         close = difflib.get_close_matches(key, settings, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        hint = f" (did you mean {group}.{close[0]}?)" if close else ""
         raise ConfigError(f"{group}.{key}={_lookup(values, key)!r} is invalid: not a {group} setting{hint}; "
                           f"settings: {', '.join(settings)}") from None
     except OmegaConfBaseException as e:
@@ -387,6 +387,15 @@ def check_overrides(argv: list[str], config_dir: Path = CONF_DIR, config_name: s
                      config_dir, config_name)
 
 
+def _group_schema(group: str) -> type | None:
+    """The dataclass a config group is checked against (see validate), None for free-form nodes."""
+    from harness.tasks import TaskConfig
+    from harness.tracking import LoggerSettings
+
+    return {"model": ModelConfig, "task": TaskConfig, "method": MethodConfig, "trainer": TrainerConfig,
+            "logger": LoggerSettings}.get(group)
+
+
 def _sweep_values(override) -> list[str] | None:
     """The values of a discrete sweep override, None for a plain override, [] for sweeps the
     launcher's sweeper expands itself (Optuna's intervals, globs)."""
@@ -424,7 +433,11 @@ def _compose(overrides: list[str], config_dir: Path, config_name: str) -> DictCo
             if not isinstance(node, DictConfig):  # a null mapping such as model.config_overrides
                 raise ConfigError(f"{key}={value} is invalid: {parent} is {'null' if node is None else repr(node)}; set it whole "
                                   f"({parent}={{{leaf}:{value}}}) or add the key with +{key}={value}") from None
-            settings = [str(k) for k in node.keys() if k != "hydra"]
+            schema = _group_schema(parent)
+            if schema is not None and leaf in schema.__dataclass_fields__:  # a setting this YAML leaves out
+                raise ConfigError(f"{key}={value} is invalid: {key} is not in the {parent} config's YAML "
+                                  f"(the default applies); set it with +{key}={value}") from None
+            settings = list(schema.__dataclass_fields__) if schema else [str(k) for k in node.keys() if k != "hydra"]
             close = difflib.get_close_matches(leaf, settings, n=1)
             hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
             typed_group = parent in ("",) + TOP_LEVEL  # the dataclasses reject new keys anyway

@@ -346,8 +346,9 @@ def match_modules_to_save(model: nn.Module, modules_to_save) -> list[str]:
     for entry in modules_to_save:
         found = [n for n in names if name_matches(n, entry, regex=False)]
         if not found:
-            children = sorted({n.rsplit(".", 1)[-1] for n in names})
-            raise ValueError(f"modules_to_save entry {entry!r} matches no module; module names end in: {children}")
+            children = dict.fromkeys(n.rsplit(".", 1)[-1] for n in names if not n.rsplit(".", 1)[-1].isdigit())
+            raise ValueError(f"modules_to_save entry {entry!r} matches no module; module names end in: "
+                             f"{', '.join(children)}")
         hits += found
     return sorted(n for n in set(hits) if not any(n.startswith(h + ".") for h in hits))
 

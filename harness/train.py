@@ -353,6 +353,15 @@ def _log_traceback_to_file(text: str) -> None:
             handler.flush()
 
 
+def job_run_name(cfg: DictConfig) -> str:
+    """The run's display name; never the error for a bad method value (method.alpha=abc), which
+    validate() reports in its own words a moment later."""
+    try:
+        return run_name(cfg.method, cfg.get("seed"))
+    except (ValueError, TypeError):
+        return f"{cfg.method.get('name')}-seed{cfg.get('seed')}"
+
+
 def run_job(cfg: DictConfig) -> float:
     """One Hydra job. Returns the main eval metric (what the Optuna sweeper optimizes), NaN on failure."""
     t0 = time.perf_counter()
@@ -375,7 +384,7 @@ def run_job(cfg: DictConfig) -> float:
     tracker = None
     try:
         config = record["config"] = redact(OmegaConf.to_container(cfg, resolve=True))
-        record["run_name"] = run_name(method_cfg, cfg.seed)
+        record["run_name"] = job_run_name(cfg)
         group = cfg.logger.get("group") or (cfg.sweep_name if multirun else None)
         # Started before validation, so a job with a bad value shows up as a failed W&B run too.
         tracker = Tracker.start(cfg.logger, run_dir, record["run_name"], group=group, job_type=record["method"],
@@ -445,6 +454,8 @@ def main():
     except ConfigError as e:
         print(f"harness-train: error: {e}", file=sys.stderr)
         sys.exit(1)
+    except Exception:  # noqa: BLE001 - a check that cannot decide must not block: Hydra reports it then
+        log.debug("check_overrides could not decide", exc_info=True)
     return _hydra_main()
 
 
