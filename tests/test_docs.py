@@ -62,9 +62,9 @@ def doc_commands() -> list:
     params = []
     for doc in DOCS:
         for number, line in code_lines(doc.read_text()):
-            tokens = shlex.split(line)
-            cut = next((i for i, t in enumerate(tokens) if t.startswith("#")), len(tokens))
-            tokens = tokens[:cut]
+            if not any(tool in line for tool in TOOLS):
+                continue
+            tokens = shlex.split(line, comments=True)  # a shell comment may hold any text
             parts = [list(g) for is_and, g in itertools.groupby(tokens, lambda t: t == "&&") if not is_and]
             for argv in parts:
                 if argv and Path(argv[0]).name in TOOLS:
