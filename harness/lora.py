@@ -24,29 +24,55 @@ LINEAR_TYPES = (nn.Linear, Conv1D)
 # Output heads that "all-linear" never adapts: they map to labels / the vocabulary, and LoRA papers
 # either train them fully (modules_to_save) or leave them alone.
 HEAD_NAMES = ("lm_head", "classifier", "score")
+# The LoRA paper's placement, spelled once for every architecture: each family's attention query and
+# value projections, looked up by `model.config.model_type` when LoRA is applied (as peft's
+# per-architecture defaults are). Families that fuse q, k and v into one layer (GPT-2's c_attn,
+# GPT-NeoX's query_key_value, ...) get that layer. The names agree with peft's
+# TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING where it has the family, except phi (peft adds
+# fc1/fc2, which are not attention); tests/test_lora.py builds every family and checks the names.
+QUERY_VALUE = "query+value"
+QUERY_VALUE_TARGETS = {
+    # encoders
+    "bert": ("query", "value"), "roberta": ("query", "value"), "xlm-roberta": ("query", "value"),
+    "camembert": ("query", "value"), "electra": ("query", "value"), "albert": ("query", "value"),
+    "layoutlm": ("query", "value"), "distilbert": ("q_lin", "v_lin"), "mpnet": ("q", "v"),
+    "deberta": ("in_proj",), "deberta-v2": ("query_proj", "value_proj"), "modernbert": ("Wqkv",),
+    # encoder-decoders
+    "t5": ("q", "v"), "mt5": ("q", "v"), "bart": ("q_proj", "v_proj"),
+    # decoders
+    "gpt2": ("c_attn",), "gpt_bigcode": ("c_attn",), "gpt_neo": ("q_proj", "v_proj"), "gptj": ("q_proj", "v_proj"),
+    "gpt_neox": ("query_key_value",), "bloom": ("query_key_value",), "falcon": ("query_key_value",),
+    "mpt": ("Wqkv",), "codegen": ("qkv_proj",), "phi3": ("qkv_proj",), "opt": ("q_proj", "v_proj"),
+    **{family: ("q_proj", "v_proj") for family in (
+        "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "gemma", "gemma2", "gemma3_text", "phi",
+        "stablelm", "starcoder2", "olmo", "olmo2", "granite", "smollm3")},
+}
+
+
+_TARGETS_HELP = f"give module names ([query,value]), one regex, {ALL_LINEAR} or {QUERY_VALUE}"
 
 
 def _check_r(name: str, r) -> int:
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
-        raise ValueError(f"{name}={r!r}: must be a positive integer")
+        raise ValueError(f"{name}={r!r} is invalid: must be a positive integer")
     return r
 
 
 def _check_alpha(name: str, alpha) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(f"{name}={alpha!r}: must be a positive number")
+        raise ValueError(f"{name}={alpha!r} is invalid: must be a positive number")
     return alpha
 
 
 def _check_dropout(p) -> float:
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-        raise ValueError(f"dropout={p!r}: must be a number in [0, 1)")
+        raise ValueError(f"dropout={p!r} is invalid: must be a number in [0, 1)")
     return float(p)
 
 
 def _check_init(init) -> str:
     if init not in INITS:
-        raise ValueError(f"init={init!r}: unknown LoRA init; choices: {list(INITS)}")
+        raise ValueError(f"init={init!r} is invalid: choose {', '.join(INITS[:-1])} or {INITS[-1]}")
     return init
 
 
@@ -54,7 +80,7 @@ def _check_regex(what: str, pattern: str) -> None:
     try:
         re.compile(pattern)
     except re.error as e:
-        raise ValueError(f"{what}={pattern!r}: not a valid regular expression ({e})") from e
+        raise ValueError(f"{what}={pattern!r} is invalid: not a valid regular expression ({e})") from e
 
 
 def in_out_features(base: nn.Module) -> tuple[int, int]:
@@ -75,13 +101,15 @@ class LoraConfig:
     """Everything `apply_lora` needs; stored on the model as `model.lora_config` for saving.
 
     target_modules: names or name suffixes (a list), one regex fully matched against module names
-    (a str), or "all-linear". rank_pattern / alpha_pattern: {suffix or regex: value} overriding r /
-    alpha for matching module names (first matching pattern wins).
+    (a str), "all-linear", or "query+value" (the model family's attention query and value
+    projections, `QUERY_VALUE_TARGETS`; resolved to names by `apply_lora`). rank_pattern /
+    alpha_pattern: {suffix or regex: value} overriding r / alpha for matching module names (first
+    matching pattern wins).
     """
 
     r: int = 8
     alpha: float = 16
-    target_modules: str | tuple[str, ...] = ("query", "value")
+    target_modules: str | tuple[str, ...] = QUERY_VALUE
     dropout: float = 0.0
     init: str = "kaiming"
     rslora: bool = False
@@ -98,13 +126,13 @@ class LoraConfig:
         # Sequences may arrive as lists or Hydra ListConfigs; a bare str is a regex (or "all-linear").
         if isinstance(self.target_modules, str):
             if not self.target_modules:
-                raise ValueError("target_modules='': give names, a regex, or 'all-linear'")
-            if self.target_modules != ALL_LINEAR:
+                raise ValueError(f"target_modules='' is invalid: {_TARGETS_HELP}")
+            if self.target_modules not in (ALL_LINEAR, QUERY_VALUE):
                 _check_regex("target_modules", self.target_modules)
         else:
             self.target_modules = tuple(str(t) for t in self.target_modules)
             if not self.target_modules:
-                raise ValueError("target_modules=(): empty; give names, a regex, or 'all-linear'")
+                raise ValueError(f"target_modules=[] is invalid: {_TARGETS_HELP}")
         if self.modules_to_save is None:
             self.modules_to_save = ()
         elif isinstance(self.modules_to_save, str):
@@ -339,8 +367,9 @@ def match_modules_to_save(model: nn.Module, modules_to_save) -> list[str]:
     for entry in modules_to_save:
         found = [n for n in names if name_matches(n, entry, regex=False)]
         if not found:
-            children = sorted({n.rsplit(".", 1)[-1] for n in names})
-            raise ValueError(f"modules_to_save entry {entry!r} matches no module; module names end in: {children}")
+            children = dict.fromkeys(n.rsplit(".", 1)[-1] for n in names if not n.rsplit(".", 1)[-1].isdigit())
+            raise ValueError(f"modules_to_save entry {entry!r} matches no module; module names end in: "
+                             f"{', '.join(children)}")
         hits += found
     return sorted(n for n in set(hits) if not any(n.startswith(h + ".") for h in hits))
 
@@ -349,6 +378,26 @@ def _output_head_names(model: nn.Module) -> set[str]:
     get = getattr(model, "get_output_embeddings", None)
     head = get() if callable(get) else None
     return {n for n, m in model.named_modules() if head is not None and m is head}
+
+
+def resolve_target_modules(target_modules, model: nn.Module):
+    """"query+value" -> this model family's names (`QUERY_VALUE_TARGETS[model.config.model_type]`);
+    anything else is returned as given. A family without an entry is a ValueError that lists the
+    model's Linear/Conv1D name suffixes, so the user can name the targets."""
+    if target_modules != QUERY_VALUE:
+        return target_modules
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in QUERY_VALUE_TARGETS:
+        raise ValueError(f"target_modules={QUERY_VALUE!r} is invalid: no query/value names known for model_type "
+                         f"{model_type!r}; name them (target_modules=[...]) from the model's Linear/Conv1D "
+                         f"modules, whose names end in: {', '.join(linear_suffixes(model))}")
+    return QUERY_VALUE_TARGETS[model_type]
+
+
+def linear_suffixes(model: nn.Module) -> list[str]:
+    """The distinct last name parts of the model's Linear/Conv1D modules, in model order
+    (q_proj, k_proj, ..., lm_head): what target_modules can name, without 200 full paths."""
+    return list(dict.fromkeys(n.rsplit(".", 1)[-1] for n in linear_module_names(model)))
 
 
 def plan_lora(model: nn.Module, cfg: LoraConfig) -> dict[str, tuple[int, float]]:
@@ -364,7 +413,7 @@ def plan_lora(model: nn.Module, cfg: LoraConfig) -> dict[str, tuple[int, float]]
     def inside_saved(n):
         return any(n == s or n.startswith(s + ".") for s in saved)
 
-    targets = cfg.target_modules
+    targets = resolve_target_modules(cfg.target_modules, model)
     if targets == ALL_LINEAR:
         heads = _output_head_names(model)
         chosen = [n for n in linear if n not in heads and not set(n.split(".")) & set(HEAD_NAMES)]
@@ -374,12 +423,16 @@ def plan_lora(model: nn.Module, cfg: LoraConfig) -> dict[str, tuple[int, float]]
         chosen = [n for n in linear if any(name_matches(n, t, regex=False) for t in targets)]
     chosen = [n for n in chosen if not inside_saved(n)]
     if not chosen:
-        raise ValueError(f"target_modules={targets!r} matches none of the model's Linear/Conv1D modules "
-                         f"(outside modules_to_save={list(cfg.modules_to_save)}): {linear}")
+        shown = list(targets) if isinstance(targets, tuple) else targets
+        raise ValueError(f"target_modules={shown!r} matches none of the model's Linear/Conv1D modules "
+                         f"(outside modules_to_save={list(cfg.modules_to_save)}); their names end in: "
+                         f"{', '.join(linear_suffixes(model))}")
     for what, patterns in (("rank_pattern", cfg.rank_pattern), ("alpha_pattern", cfg.alpha_pattern)):
         for p in patterns:
             if not any(name_matches(n, p) for n in chosen):
-                raise ValueError(f"{what} key {p!r} matches no adapted module; adapted: {chosen}")
+                adapted = ", ".join(dict.fromkeys(n.rsplit(".", 1)[-1] for n in chosen))
+                raise ValueError(f"{what} key {p!r} matches no adapted module; adapted module names end in: "
+                                 f"{adapted}")
     return {n: cfg.rank_alpha(n) for n in chosen}
 
 
@@ -388,17 +441,19 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, target_modules=("query", "value"),
+def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, target_modules=QUERY_VALUE,
                dropout: float = 0.0, init: str = "kaiming", rslora: bool = False, modules_to_save=(),
                rank_pattern: dict | None = None, alpha_pattern: dict | None = None) -> list[str]:
     """Wrap the matching Linear/Conv1D modules of `model` in LoraLinear, in place.
 
     Freezes every parameter, then unfreezes the adapters and the `modules_to_save` modules (e.g. a
-    classification head). Stores the config as `model.lora_config`. Returns the adapted names, sorted.
+    classification head). Stores the config as `model.lora_config`, with "query+value" resolved to
+    the family's names (so a saved adapter_config.json names real modules). Returns the adapted
+    names, sorted.
     """
-    cfg = LoraConfig(r=r, alpha=alpha, target_modules=target_modules, dropout=dropout, init=init,
-                     rslora=rslora, modules_to_save=modules_to_save, rank_pattern=rank_pattern,
-                     alpha_pattern=alpha_pattern)
+    cfg = LoraConfig(r=r, alpha=alpha, target_modules=resolve_target_modules(target_modules, model),
+                     dropout=dropout, init=init, rslora=rslora, modules_to_save=modules_to_save,
+                     rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
     plan = plan_lora(model, cfg)
     model.requires_grad_(False)
     for name, (r_i, alpha_i) in plan.items():

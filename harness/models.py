@@ -32,12 +32,12 @@ def resolve_path(name_or_path: str) -> str:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise ValueError(
-            f"model.name_or_path={name_or_path!r}: Python package {module!r} is not installed "
+            f"model.name_or_path={name_or_path!r} is invalid: Python package {module!r} is not installed "
             f"(install it, or point model.name_or_path at a local folder or a hub name)"
         )
     path = Path(spec.submodule_search_locations[0]) / subdir
     if not path.exists():
-        raise ValueError(f"model.name_or_path={name_or_path!r}: {path} does not exist")
+        raise ValueError(f"model.name_or_path={name_or_path!r} is invalid: {path} does not exist")
     return str(path)
 
 
@@ -85,10 +85,10 @@ def checked_config_overrides(model_cfg, path: str, kwargs: dict) -> dict:
         return {}
     config = AutoConfig.from_pretrained(path, **kwargs)
     fields = sorted(config.to_dict())
-    for key in overrides:
+    for key, value in overrides.items():
         if key not in fields:
-            raise ValueError(f"model.config_overrides key {key!r}: not a field of {type(config).__name__}; "
-                             f"its fields: {fields}")
+            raise ValueError(f"model.config_overrides.{key}={value!r} is invalid: not a field of "
+                             f"{type(config).__name__}; its fields: {', '.join(fields)}")
     return overrides
 
 

@@ -45,6 +45,7 @@ import json
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -52,8 +53,9 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 from datasets import Dataset
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
+
+from harness.config import ConfigError, typed
 
 log = logging.getLogger(__name__)
 
@@ -103,20 +105,27 @@ class TaskConfig:
         from harness.scoring import available_metrics
 
         def bad(key, allowed):
-            raise ValueError(f"task {self.name}: {key}={getattr(self, key)!r} is invalid: {allowed}")
+            raise ConfigError(f"task.{key}={getattr(self, key)!r} is invalid: {allowed}")
 
+        if not isinstance(self.name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.name):
+            bad("name", "a plain name (letters, digits, _ . -): it names the run and cache folders")
         if self.kind not in KINDS:
             bad("kind", f"choose one of {', '.join(KINDS)}")
         if self.source not in SOURCES:
             bad("source", f"choose one of {', '.join(SOURCES)}")
         if self.source == "hub" and not self.path:
             bad("path", "source=hub needs the data set's hub path")
-        if self.source == "files" and not self.data_files:
-            bad("data_files", "source=files needs a path, a list of paths or a {train, eval, test} dict")
+        if self.source == "files":
+            self._check_data_files(bad)
         if set(self.splits) - set(SPLITS) or not self.splits.get("train") or not self.splits.get("eval"):
             bad("splits", "keys are train, eval, test; train and eval must be set")
-        if self.kind != "causal_lm" and len(self.text_columns) not in (1, 2):
-            bad("text_columns", "give one column, or two for sentence pairs")
+        if self.kind != "causal_lm":
+            if len(self.text_columns) not in (1, 2) or not all(self.text_columns):
+                bad("text_columns", "give one column, or two for sentence pairs")
+            if not self.label_column:
+                bad("label_column", "give the label column's name")
+        elif not self.prompt_column or not self.response_column:
+            bad("prompt_column" if not self.prompt_column else "response_column", "give the column's name")
         if self.kind == "classification":
             if self.label_names is not None and self.num_labels is None:
                 self.num_labels = len(self.label_names)
@@ -124,6 +133,8 @@ class TaskConfig:
                 bad("num_labels", "classification needs >= 2 labels")
             if self.label_names is not None and len(self.label_names) != self.num_labels:
                 bad("label_names", f"needs num_labels={self.num_labels} names")
+            if self.label_names is not None and len(set(self.label_names)) != len(self.label_names):
+                bad("label_names", "names must be distinct")
         elif self.kind == "regression":
             self.num_labels = 1
         else:
@@ -132,7 +143,10 @@ class TaskConfig:
                 bad("metrics", "causal_lm is scored by loss and perplexity only: use []")
         unknown = [m for m in self.metrics if m not in available_metrics()]
         if unknown:
-            raise ValueError(f"task {self.name}: unknown metrics {unknown}; available: {available_metrics()}")
+            bad("metrics", f"unknown metrics {unknown}; available: {available_metrics()}")
+        stray = [k for k in self.metric_kwargs if k not in self.metrics]
+        if stray:
+            bad("metric_kwargs", f"keys {stray} are not in task.metrics={list(self.metrics)}")
         allowed = ["loss", *self.metrics] + (["perplexity"] if self.kind == "causal_lm" else [])
         if self.main_metric not in allowed:
             bad("main_metric", f"choose one of {allowed}")
@@ -144,16 +158,35 @@ class TaskConfig:
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 bad(key, "must be >= 1 or null")
 
+    def _check_data_files(self, bad) -> None:
+        """source=files: every file there, with one readable format, before anything is read."""
+        files = self.data_files
+        if not files:
+            bad("data_files", "source=files needs a path, a list of paths or a {train, eval, test} dict")
+        if isinstance(files, (dict, DictConfig)):
+            if set(files) - set(SPLITS):
+                bad("data_files", f"keys must be among {', '.join(SPLITS)}")
+            if set(files) != {"train"} and not {"train", "eval"} <= set(files):
+                bad("data_files", "needs train and eval (or only train, to split it)")
+            groups = [_as_list(f) for f in files.values()]
+        else:
+            groups = [_as_list(files)]
+        for group in groups:
+            for f in group:
+                path = os.path.abspath(os.path.expanduser(f))
+                if not os.path.isfile(path):
+                    bad("data_files", f"data file {path} does not exist")
+            found = sorted({_file_format(f) for f in group})
+            if len(found) != 1 or found[0] not in _FILE_BUILDERS:
+                bad("data_files", f"extensions {found} are not one (and the same) of {sorted(_FILE_BUILDERS)}")
+
 
 def task_config(cfg: TaskConfig | DictConfig | dict) -> TaskConfig:
-    """Check a task config (dict, DictConfig or TaskConfig) and return it typed."""
+    """Check a task config (dict, DictConfig or TaskConfig) and return it typed; a bad value is a
+    ConfigError (a ValueError) in the one-line form `task.key=value is invalid: ...`."""
     if isinstance(cfg, TaskConfig):
         return cfg
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TaskConfig), cfg))
-    except OmegaConfBaseException as e:
-        fields = list(TaskConfig.__dataclass_fields__)
-        raise ValueError(f"task config: {str(e).splitlines()[0]}; fields: {fields}") from None
+    return typed("task", TaskConfig, cfg)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -303,7 +336,7 @@ def _files(cfg: TaskConfig) -> dict[str, Dataset]:
     files = _as_list(data_files)
     ds = _load_files(files)
     columns = [cfg.prompt_column] if cfg.kind == "causal_lm" else list(cfg.text_columns)
-    _require_columns(ds.column_names, columns, str(files))
+    _require_task_columns(cfg, ds.column_names, f"data file(s) {files}")
     rows = [{**row, "example_id": str(i)} for i, row in enumerate(ds.to_list())]
     return hash_split(rows, lambda r: "\n".join(str(r[c]) for c in columns))
 
@@ -327,6 +360,17 @@ def _require_columns(columns, needed: list[str], where: str) -> None:
         raise ValueError(f"{where}: missing column(s) {missing}; columns: {list(columns)}")
 
 
+def _require_task_columns(cfg: TaskConfig, columns, where: str) -> None:
+    """Every column the task config names exists in the data; the error names the config key."""
+    keys = ["prompt_column", "response_column"] if cfg.kind == "causal_lm" else ["text_columns", "label_column"]
+    for key in keys:
+        value = getattr(cfg, key)
+        missing = [c for c in ([value] if isinstance(value, str) else value) if c not in columns]
+        if missing:
+            raise ConfigError(f"task.{key}={value!r} is invalid: {where} has no column(s) {missing}; "
+                              f"its columns: {list(columns)}")
+
+
 def _where(cfg: TaskConfig, split: str) -> str:
     """Name the data behind a split for error messages."""
     if cfg.source == "hub":
@@ -346,7 +390,7 @@ def load_examples(cfg) -> dict[str, Dataset]:
     columns = ([cfg.prompt_column, cfg.response_column] if cfg.kind == "causal_lm"
                else [*cfg.text_columns, cfg.label_column])
     for split, ds in splits.items():
-        _require_columns(ds.column_names, columns, _where(cfg, split))
+        _require_task_columns(cfg, ds.column_names, _where(cfg, split))
     return splits
 
 
@@ -371,11 +415,18 @@ def _label_map(cfg: TaskConfig, splits: dict[str, Dataset]) -> tuple[dict | None
         else:
             names = [str(i) for i in range(cfg.num_labels)]
     mapping = {name: i for i, name in enumerate(names)} | {i: i for i in range(len(names))}
+    ids = f"ids 0..{len(names) - 1}"
+    expected = (f"not in task.label_names={names} (nor {ids}); fix the data or task.label_names"
+                if cfg.label_names is not None else
+                f"expected {names} or {ids} (task.num_labels={cfg.num_labels}); fix the data, or set "
+                f"task.num_labels / task.label_names")
     for split, found in values.items():
-        bad = sorted((v for v in found if not isinstance(v, (str, int)) or v not in mapping), key=repr)
+        # bool is an int to Python (True == 1): a true/false column must not map silently onto ids.
+        bad = sorted((v for v in found if isinstance(v, bool) or not isinstance(v, (str, int)) or v not in mapping),
+                     key=repr)
         if bad:
-            raise ValueError(f"{_where(cfg, split)}: column {cfg.label_column!r} has unexpected label values "
-                             f"{bad[:10]}; expected {names} or ids 0..{len(names) - 1}")
+            raise ConfigError(f"{_where(cfg, split)}: column {cfg.label_column!r} has label value(s) {bad[:10]} "
+                              f"{expected}")
     return mapping, names
 
 

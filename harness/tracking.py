@@ -202,10 +202,13 @@ def _num(x: Any) -> str:
 
 
 def _targets_abbrev(target_modules: Any) -> str:
-    """["query", "value"] -> "qv"; "all-linear" -> "all"; unknown names are appended with "+"."""
+    """["query", "value"] -> "qv"; "all-linear" -> "all"; "query+value" (each family's q and v,
+    harness.lora.QUERY_VALUE) -> "qv"; unknown names are appended with "+"."""
     if isinstance(target_modules, str):
         if target_modules == "all-linear":
             return "all"
+        if target_modules == "query+value":
+            return "qv"
         target_modules = [target_modules]
     letters, others = set(), []
     for name in target_modules:
@@ -281,12 +284,13 @@ class LoggerSettings:
         items = dict(logger_cfg.items()) if isinstance(logger_cfg, Mapping) else vars(logger_cfg)
         unknown = sorted(set(items) - set(known))
         if unknown:
-            raise ValueError(f"unknown logger fields {unknown}; allowed: {sorted(known)}")
+            raise ValueError(f"logger.{unknown[0]}={items[unknown[0]]!r} is invalid: not a logger setting; "
+                             f"settings: {', '.join(sorted(known))}")
         s = cls(**{k: v for k, v in items.items() if v is not None})  # null -> the default above
         if s.name not in LOGGER_NAMES:
-            raise ValueError(f"logger.name must be one of {LOGGER_NAMES}, got {s.name!r}")
+            raise ValueError(f"logger.name={s.name!r} is invalid: choose one of {', '.join(LOGGER_NAMES)}")
         if s.name == "wandb" and s.mode not in WANDB_MODES:
-            raise ValueError(f"logger.mode must be one of {WANDB_MODES}, got {s.mode!r}")
+            raise ValueError(f"logger.mode={s.mode!r} is invalid: choose one of {', '.join(WANDB_MODES)}")
         s.tags = list(s.tags or [])
         return s
 

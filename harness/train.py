@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from harness import checkpoint
 from harness.adapters import save_adapter
-from harness.config import ConfigError, MethodConfig, TrainerConfig, validate
+from harness.config import ConfigError, MethodConfig, TrainerConfig, check_overrides, validate
 from harness.lora import apply_lora, count_parameters, trainable_state_bytes
 from harness.measure import StepTimer, memory_summary, reset_cuda_peak, reset_peak_rss
 from harness.models import base_checkpoint, load_model, load_tokenizer
@@ -107,7 +107,10 @@ def prepare_model(cfg: DictConfig, method: MethodConfig, model: torch.nn.Module)
             p.requires_grad_(True)
         return []
     lora = method.lora_config(head_modules=cfg.model.get("head_modules") or ())
-    return apply_lora(model, **asdict(lora))
+    try:
+        return apply_lora(model, **asdict(lora))
+    except ValueError as e:  # a target / modules_to_save / pattern that this model does not have
+        raise ConfigError(f"method.{e}") from None
 
 
 def _autocast(device: torch.device, precision: str):
@@ -218,6 +221,30 @@ def _save_trained(model, method: MethodConfig, cfg: DictConfig, tokenizer, folde
         tokenizer.save_pretrained(folder)
 
 
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """The progress bar as log lines, for runs without a terminal:
+
+        step 40/323 (12%)  loss 0.6402  1,187 tokens/s  elapsed 0:00:31  ETA 0:03:40
+
+    loss and tokens/s are the logging window's (the row metrics.jsonl gets); the ETA extrapolates
+    this process's wall time per step, evaluations included, over the steps left."""
+
+    def __init__(self, total: int, start_step: int):
+        self.total, self.start_step, self.t0 = total, start_step, time.perf_counter()
+
+    def log(self, step: int, loss: float | None, tokens_per_s: float) -> None:
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / max(1, step - self.start_step) * (self.total - step)
+        loss_text = f"{loss:.4f}" if loss is not None else "n/a"
+        log.info("step %d/%d (%d%%)  loss %s  %s tokens/s  elapsed %s  ETA %s", step, self.total,
+                 100 * step // self.total, loss_text, f"{tokens_per_s:,.0f}", _hms(elapsed), _hms(eta))
+
+
 def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Path, tracker: Tracker,
         record: dict, attempt: Attempt | None = None) -> None:
     """Train and evaluate; fill `record` in place as results become known (so a failure keeps them).
@@ -238,6 +265,8 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
     adapted = prepare_model(cfg, method, model)
     if adapted:
         log.info("LoRA on %d modules: %s", len(adapted), ", ".join(adapted[:6]) + (" ..." if len(adapted) > 6 else ""))
+        targets = model.lora_config.target_modules  # "query+value" resolved for this model family
+        record["lora"]["target_modules"] = list(targets) if isinstance(targets, tuple) else targets
     model.to(device)
     if tcfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -306,6 +335,9 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
     window = loop.setdefault("window", {"loss": 0.0, "n": 0, "tokens": 0, "time": 0.0})
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc=record["run_name"], dynamic_ncols=True, disable=None)
+    # No terminal (Slurm, nohup, CI): tqdm turns the bar off, so the job log gets a progress line at
+    # every logging step instead, and `tail -f train.log` shows the run is alive.
+    progress = Progress(total_steps, step) if bar.disable or not sys.stdout.isatty() else None
     with _Signals() as signals:
         while step < total_steps:
             epoch = step // steps_per_epoch
@@ -360,6 +392,8 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
                     tracker.log(row, step=step)
                     loop["train_loss"] = row["train/loss"]
                     bar.set_postfix(loss=row["train/loss"], tok_s=f"{row['train/tokens_per_s']:.0f}")
+                    if progress is not None:
+                        progress.log(step, row["train/loss"], row["train/tokens_per_s"])
                     window = loop["window"] = {"loss": 0.0, "n": 0, "tokens": 0, "time": 0.0}
                 end_of_epoch = step % steps_per_epoch == 0
                 if (tcfg.eval_every and step % tcfg.eval_every == 0) or (not tcfg.eval_every and end_of_epoch):
@@ -478,6 +512,15 @@ def _begin_attempt(cfg: DictConfig, config: dict, run_dir: Path, git: dict, star
     return Attempt(run_dir, number, curve, new_run_id(), [], **common)
 
 
+def job_run_name(cfg: DictConfig) -> str:
+    """The run's display name; never the error for a bad method value (method.alpha=abc), which
+    validate() reports in its own words a moment later."""
+    try:
+        return run_name(cfg.method, cfg.get("seed"))
+    except (ValueError, TypeError):
+        return f"{cfg.method.get('name')}-seed{cfg.get('seed')}"
+
+
 def run_job(cfg: DictConfig) -> float:
     """One Hydra job. Returns the main eval metric (what the Optuna sweeper optimizes), NaN on failure."""
     t0 = time.perf_counter()
@@ -486,7 +529,8 @@ def run_job(cfg: DictConfig) -> float:
     install_secret_redaction()  # already done by main(); a launcher's worker process may not run it
     _redact_hydra_files(run_dir, sweep)
     previous = read_results(run_dir)
-    if cfg.resume and previous and previous.get("status") == "completed":
+    # `is True`: a bad value (resume=maybe) must not skip anything; validate() rejects it below.
+    if cfg.get("resume") is True and previous and previous.get("status") == "completed":
         log.info("resume=true: %s already completed, skipping", run_dir)
         return float(previous["metrics"]["final"].get(previous["metrics"]["main_metric"]) or float("nan"))
 
@@ -502,7 +546,7 @@ def run_job(cfg: DictConfig) -> float:
     tracker = attempt = None
     try:
         config = record["config"] = redact(OmegaConf.to_container(cfg, resolve=True))
-        record["run_name"] = run_name(method_cfg, cfg.seed)
+        record["run_name"] = job_run_name(cfg)
         attempt = _begin_attempt(cfg, config, run_dir, record["git"], t0)
         group = cfg.logger.get("group") or (cfg.sweep_name if multirun else None)
         # Started before validation, so a job with a bad value shows up as a failed W&B run too.
@@ -574,8 +618,17 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 def main():
     """harness-train. Log lines are redacted from the start: Hydra's launcher logs every job's
-    overrides, secrets included, before any job runs."""
+    overrides, secrets included, before any job runs. What Hydra itself would reject while composing
+    (an unknown group option or key, an unparsable override) is reported in one line first; then
+    Hydra runs the job(s)."""
     install_secret_redaction()
+    try:
+        check_overrides(sys.argv[1:])
+    except ConfigError as e:
+        print(f"harness-train: error: {redact_text(str(e))}", file=sys.stderr)
+        sys.exit(1)
+    except Exception:  # noqa: BLE001 - a check that cannot decide must not block: Hydra reports it then
+        log.debug("check_overrides could not decide", exc_info=True)
     return _hydra_main()
 
 

@@ -10,8 +10,9 @@ import torch.nn as nn
 from transformers import BertForSequenceClassification
 from transformers.pytorch_utils import Conv1D
 
-from harness.lora import (LoraConfig, LoraLinear, _LoraFunction, apply_lora, count_parameters, linear_module_names,
-                          lora_layers, merge_lora, trainable_state_bytes, unload_lora, unmerge_lora)
+from harness.lora import (QUERY_VALUE_TARGETS, LoraConfig, LoraLinear, _LoraFunction, apply_lora, count_parameters,
+                          linear_module_names, linear_suffixes, lora_layers, merge_lora, trainable_state_bytes,
+                          unload_lora, unmerge_lora)
 
 BERT_QV = [f"bert.encoder.layer.{i}.attention.self.{m}" for i in (0, 1) for m in ("query", "value")]
 
@@ -289,6 +290,44 @@ def test_all_linear_on_bert_excludes_classifier_and_modules_to_save(tiny_bert):
     assert all(p.requires_grad for p in tiny_bert.classifier.parameters())
 
 
+def test_query_value_default_resolves_per_model_family(tiny_bert, tiny_llama, tiny_gpt2):
+    assert apply_lora(tiny_bert) == BERT_QV
+    assert tiny_bert.lora_config.target_modules == ("query", "value")  # what adapter_config.json records
+    assert apply_lora(tiny_llama) == [f"model.layers.{i}.self_attn.{m}" for i in (0, 1) for m in ("q_proj", "v_proj")]
+    assert apply_lora(tiny_gpt2) == ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]  # fused q, k, v
+    # An explicit list always wins over the family default.
+    bert = BertForSequenceClassification(tiny_bert.config)
+    assert apply_lora(bert, target_modules=["key"]) == [n.replace("value", "key") for n in BERT_QV[1::2]]
+
+
+def test_query_value_of_an_unknown_family_names_the_modules_to_pick_from(tiny_bert):
+    tiny_bert.config.model_type = "my_encoder"
+    with pytest.raises(ValueError, match=r"target_modules='query\+value' is invalid: no query/value names known for "
+                                         r"model_type 'my_encoder'; .* end in: query, key, value, dense, classifier$"):
+        apply_lora(tiny_bert)
+    assert not lora_layers(tiny_bert)
+
+
+@pytest.mark.parametrize("model_type", sorted(QUERY_VALUE_TARGETS))
+def test_every_family_default_names_attention_layers_of_that_architecture(model_type):
+    """Each family's q/v names exist in the real transformers architecture (built on the meta device:
+    no memory, no weights), so the table cannot drift from the models' module names."""
+    from transformers import CONFIG_MAPPING, AutoConfig, AutoModel
+
+    if model_type not in CONFIG_MAPPING:
+        pytest.skip(f"transformers {__import__('transformers').__version__} has no {model_type}")
+    config = AutoConfig.for_model(model_type)
+    for key in ("num_hidden_layers", "num_layers", "n_layer", "num_decoder_layers"):
+        if hasattr(config, key):
+            setattr(config, key, 1)
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    suffixes = linear_suffixes(model)
+    targets = QUERY_VALUE_TARGETS[model_type]
+    assert set(targets) <= set(suffixes), (model_type, suffixes)
+    assert any(t.startswith(("q", "Wqkv", "c_attn", "in_proj")) for t in targets)  # attention, not MLP
+
+
 def test_regex_and_suffix_targets(tiny_bert, tiny_llama):
     assert apply_lora(tiny_bert, target_modules=r".*layer\.1\.attention\.self\.(query|key)") == [
         "bert.encoder.layer.1.attention.self.key", "bert.encoder.layer.1.attention.self.query"]
@@ -454,7 +493,9 @@ def test_layer_rejects_bad_input():
 
 
 def test_apply_lora_errors_name_the_bad_value(tiny_bert):
-    with pytest.raises(ValueError, match=r"'q_proj'.*bert\.encoder\.layer\.0\.attention\.self\.query"):
+    # The distinct name suffixes of the Linear modules, not every full path (211 on SmolLM2).
+    with pytest.raises(ValueError, match=r"\['q_proj'\] matches none .*; their names end in: query, key, value, "
+                                         r"dense, classifier$"):
         apply_lora(tiny_bert, target_modules=["q_proj"])
     with pytest.raises(ValueError, match="modules_to_save entry 'head'.*classifier"):
         apply_lora(tiny_bert, modules_to_save=["head"])

@@ -35,8 +35,8 @@ def test_config_overrides_turn_the_checkpoints_dropout_off(tiny_model_dir):
 
 
 def test_unknown_config_override_names_the_key_and_the_fields(tiny_model_dir):
-    with pytest.raises(ValueError, match=r"model.config_overrides key 'hidden_dropout': not a field of "
-                                         r"BertConfig; its fields: \[.*'hidden_dropout_prob'"):
+    with pytest.raises(ValueError, match=r"model.config_overrides.hidden_dropout=0.0 is invalid: not a field of "
+                                         r"BertConfig; its fields: .*, hidden_dropout_prob, "):
         load_model(model_cfg(tiny_model_dir, config_overrides={"hidden_dropout": 0.0}), "classification", 2)
 
 

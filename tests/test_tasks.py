@@ -102,14 +102,15 @@ def test_bbc_news_reads_all_articles_including_the_cp1252_one():
     assert "£" in row["text"]
 
 
-def test_every_preset_config_is_valid():
+def test_every_preset_config_is_valid(tmp_path):
     names = sorted(p.stem for p in CONF.glob("*.yaml"))
+    (tmp_path / "x.csv").write_text("text,label\n")  # data files must exist
     assert {"rotten_tomatoes", "rotten_tomatoes_hub", "bbc_news", "chatterbot", "local_csv",
             "sst2", "mrpc", "cola", "qnli", "rte", "stsb", "mnli", "qqp"} <= set(names)
     for name in names:
         cfg = preset(name)
         if cfg.get("data_files") == "???":
-            cfg["data_files"] = "x.csv"
+            cfg["data_files"] = str(tmp_path / "x.csv")
         typed = task_config(cfg)
         assert typed.name == name
         if typed.source == "hub":
@@ -276,7 +277,8 @@ def test_glue_presets_through_the_hub_path(tokenizer, tmp_path, monkeypatch):
     assert task.train["labels"] == [i % 2 for i in range(12)]
     assert task.train["token_type_ids"][0] == [0, 0, 0, 0, 1, 1, 1]  # [CLS] left 0 [SEP] right 0 [SEP]
     calls.clear()
-    with pytest.raises(ValueError, match=r"nyu-mll/glue/mnli split 'train': missing column\(s\) \['premise'"):
+    with pytest.raises(ValueError, match=r"task.text_columns=\['premise', 'hypothesis'\] is invalid: hub data set "
+                                         r"nyu-mll/glue/mnli split 'train' has no column\(s\) \['premise'"):
         build_task(preset("mnli", cache_dir=str(tmp_path)), tokenizer, seed=0)
 
 
@@ -347,8 +349,10 @@ def test_bad_config_values_are_rejected():
         task_config(preset("rotten_tomatoes", label_names=["a", "b", "c"]))
     with pytest.raises(ValueError, match="greater_is_better=True.*set false"):
         task_config(preset("chatterbot", greater_is_better=True))
-    with pytest.raises(ValueError, match="data_files=None is invalid: source=files needs a path"):
+    with pytest.raises(ValueError, match=r"task.data_files=\?\?\? is invalid: a value is required"):
         task_config(preset("local_csv"))  # the template's `data_files: ???`
+    with pytest.raises(ValueError, match="task.data_files=None is invalid: source=files needs a path"):
+        task_config(preset("local_csv", data_files=None))
 
 
 def test_bad_files_name_the_file_and_columns(tokenizer, tmp_path):
@@ -356,7 +360,8 @@ def test_bad_files_name_the_file_and_columns(tokenizer, tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"data file {missing} does not exist")):
         load_examples(preset("local_csv", data_files=missing))
     path = write_csv(tmp_path / "cols.csv", [("a", 0), ("b", 1)], ("review", "label"))
-    expected = r"cols.csv.*missing column\(s\) \['text'\]; columns: \['review', 'label'\]"
+    expected = (r"task.text_columns=\['text'\] is invalid: .*cols.csv'\] has no column\(s\) \['text'\]; "
+                r"its columns: \['review', 'label'\]")
     with pytest.raises(ValueError, match=expected):
         load_examples(preset("local_csv", data_files=path))
     broken = tmp_path / "broken.parquet"
@@ -374,11 +379,13 @@ def test_bad_files_name_the_file_and_columns(tokenizer, tmp_path):
 def test_bad_labels_are_named(tokenizer, tmp_path):
     rows = [(f"text {i}", ["neg", "pos", "meh"][i % 3]) for i in range(30)]
     path = write_csv(tmp_path / "labels.csv", rows)
-    with pytest.raises(ValueError, match=r"labels.csv.*column 'label' has unexpected label values \['meh'\]"):
+    # A value outside label_names is an error naming it, never mapped to some id.
+    with pytest.raises(ValueError, match=r"labels.csv.*column 'label' has label value\(s\) \['meh'\] not in "
+                                         r"task.label_names=\['neg', 'pos'\] \(nor ids 0..1\)"):
         build_task(preset("local_csv", data_files=path, label_names=["neg", "pos"], cache_dir=str(tmp_path)),
                    tokenizer, seed=0)
     ids = write_csv(tmp_path / "ids.csv", [(f"text {i}", [0, 1, -1][i % 3]) for i in range(30)])
-    with pytest.raises(ValueError, match=r"unexpected label values \[-1\]"):
+    with pytest.raises(ValueError, match=r"label value\(s\) \[-1\] expected \['0', '1'\] or ids 0..1"):
         build_task(preset("local_csv", data_files=ids, cache_dir=str(tmp_path)), tokenizer, seed=0)
     empty = write_csv(tmp_path / "empty.csv", [("" if i == 7 else f"x {i}", i % 2) for i in range(30)])
     with pytest.raises(ValueError, match="column 'text' has .* missing or non-text values"):
