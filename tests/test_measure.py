@@ -3,7 +3,9 @@ independent computation: peak RSS of a sweep job vs the same job alone, step tim
 path, model FLOPs against a hand count and torch's FlopCounterMode, CUDA training vs evaluation
 peaks, memory in every logged row, and gradient accumulation against one big batch."""
 
+import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel,
                           LlamaConfig, LlamaForCausalLM)
 
-from harness import measure
+from harness import measure, table
 from harness.lora import apply_lora
 from harness.measure import CudaPeaks, StepTimer, model_flops, peak_bf16_flops
 from harness.scoring import loss_items, summed_loss
@@ -413,3 +415,20 @@ def test_cli_grad_accum_with_a_short_last_micro_batch_equals_one_batch(tiny_mode
     assert accum["metrics"]["final"]["loss"] == pytest.approx(one["metrics"]["final"]["loss"], rel=1e-4)
     assert math.isfinite(accum["metrics"]["final"]["loss"])
     assert accum["metrics"]["final"]["accuracy"] == one["metrics"]["final"]["accuracy"]
+
+
+def test_tables_show_mfu_and_cuda_peak_by_default_only_where_measured(tmp_path, capsys):
+    src = ROOT / "tests" / "fixtures" / "sweep_lora_vs_full"
+    for run in sorted(src.glob("[0-2]_full-seed*")):
+        shutil.copytree(run, tmp_path / "cpu" / run.name)
+        shutil.copytree(run, tmp_path / "cuda" / run.name)
+        rec = json.loads((run / "results.json").read_text())
+        rec["throughput"]["mfu"] = 0.3 + 0.01 * rec["seed"]  # 0.30, 0.31, 0.32 -> 0.31 ± 0.01
+        rec["memory"]["cuda_peak_allocated_gib"] = 4.0
+        (tmp_path / "cuda" / run.name / "results.json").write_text(json.dumps(rec))
+    assert table.main([str(tmp_path / "cpu")]) == 0
+    header = capsys.readouterr().out.splitlines()[2]
+    assert "MFU" not in header and "CUDA" not in header
+    assert table.main([str(tmp_path / "cuda")]) == 0
+    out = capsys.readouterr().out
+    assert "| MFU" in out and "CUDA peak alloc. (GiB)" in out and "0.3100 ± 0.0100" in out
