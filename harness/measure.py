@@ -112,6 +112,9 @@ def model_flops(model: torch.nn.Module, probe_len: int = 8) -> ModelFlops | None
     try:
         with torch.no_grad():
             model(input_ids=probe, attention_mask=probe)
+    except Exception as e:  # noqa: BLE001 - a model the probe cannot drive gets no MFU, and still trains
+        log.warning("MFU left out: the FLOP-count probe failed (%s: %s)", type(e).__name__, e)
+        return None
     finally:
         model.train(was_training)
         for h in hooks:
@@ -332,8 +335,8 @@ def memory_row(device: torch.device, peaks: CudaPeaks) -> dict:
 def release_cuda_memory() -> None:
     """Hand cached CUDA blocks back to the driver and clear the peaks, so whatever runs next in this
     process (a job run in-process by a launcher, a benchmark) starts from an empty cache."""
-    gc.collect()
     if torch.cuda.is_initialized():
+        gc.collect()  # tensors held only by reference cycles (a failed job's traceback frames)
         torch.cuda.empty_cache()
         for i in range(torch.cuda.device_count()):
             torch.cuda.reset_peak_memory_stats(i)

@@ -409,26 +409,29 @@ _FORWARDED = (signal.SIGTERM, signal.SIGINT)
 
 
 def run_forked(job, cfg: DictConfig) -> float:
-    """Run one sweep job in a forked child process; return what `job(cfg)` returns there.
+    """Run one job in a forked child process; return what `job(cfg)` returns there.
 
     Why a process per job: memory figures. Jobs of a sequential sweep otherwise share one process,
     and its resident memory (allocator pools, caches, lazily imported modules) still holds what
     earlier jobs left; resetting the peak (clear_refs) only lowers it to that inflated level. A
     fork costs milliseconds where a fresh interpreter would re-import torch for 5-8 s: the child is
-    a copy of this parent, which imported what a solo run imports but never ran a job, never
-    touched CUDA nor torch's thread pool, so each job starts from the baseline a solo run starts
-    from (job logging, Hydra's config, the open job log included).
+    a copy of this parent, which imported everything but never ran a job, never touched CUDA nor
+    torch's thread pool. A single run is forked too, so that it and a sweep job start from the
+    same baseline: a forked child does not map the parent's library code until it runs it (fork
+    copies no page tables of file mappings), so its RSS starts ~200 MiB below the parent's, and an
+    in-process solo run would count that code and a sweep job would not.
 
     Semantics stay those of in-process jobs: the returned value (the Optuna sweeper's objective)
-    comes back through a pipe; a failed job records itself and returns NaN, and the sweep goes
-    on; SIGTERM/SIGINT are forwarded to the child, which checkpoints and ends as preempted, and
-    then stop the sweep (exit 1). A child that dies without a word (the kernel's OOM killer)
-    gets a failed record written here. Where this process already initialized CUDA (a fork could
-    not use it) or has no fork, the job runs in this process, with a warning.
+    comes back through a pipe; a failed sweep job records itself and returns NaN, and the sweep
+    goes on; SIGTERM/SIGINT are forwarded to the child, which checkpoints and ends as preempted,
+    and then stop the sweep (exit 1). The child logs to the job's log file (Hydra opened it before
+    the fork). A child that dies without a word (the kernel's OOM killer) gets a failed record
+    written here. Where this process already initialized CUDA (a fork could not use it) or has no
+    fork, the job runs in this process, with a warning.
     """
     if not hasattr(os, "fork") or torch.cuda.is_initialized():
-        log.warning("sweep job runs in the sweep's own process (%s): its memory figures include "
-                    "what earlier jobs left", "no os.fork" if not hasattr(os, "fork") else "CUDA initialized here")
+        log.warning("job runs in the launcher's own process (%s): its memory figures include what "
+                    "ran here before", "no os.fork" if not hasattr(os, "fork") else "CUDA initialized here")
         return job(cfg)
     received: list[int] = []
     child = 0
@@ -446,6 +449,7 @@ def run_forked(job, cfg: DictConfig) -> float:
             pass
     read_fd, write_fd = os.pipe()
     _flush_output()
+    _trim_heap()
     # Blocked across the fork: a signal in between waits until the child has its own handlers
     # and the parent knows the child's pid.
     signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
@@ -483,8 +487,8 @@ def run_forked(job, cfg: DictConfig) -> float:
             signal.signal(sig, handler)
     report = json.loads(b"".join(chunks)) if chunks else None
     if report is None:
-        _record_lost_job(cfg, status, preempted=bool(received))
-        if received:
+        multirun = _record_lost_job(cfg, status, preempted=bool(received))
+        if received or not multirun:
             sys.exit(1)
         return float("nan")
     if report["exit"] != 0 or received:
@@ -505,6 +509,19 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _trim_heap() -> None:
+    """Free what this process's heap holds but no longer uses (glibc malloc_trim), so a child does not
+    start with spare heap room that a single run's child lacks (a sweep's parent composed and
+    dropped every job's config): each child then grows its resident memory the same way. (No
+    gc.collect first: a full collection of what torch and transformers import takes ~0.4 s.)"""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _flush_output() -> None:
     """Flush what this process buffered, so a fork does not write it twice and an exit does not lose it."""
     for stream in (sys.stdout, sys.stderr):
@@ -513,10 +530,10 @@ def _flush_output() -> None:
         handler.flush()
 
 
-def _record_lost_job(cfg: DictConfig, status: int, preempted: bool) -> None:
+def _record_lost_job(cfg: DictConfig, status: int, preempted: bool) -> bool:
     """The child ended without reporting (killed by a signal, or a crash in native code): it could
-    not write its own record, so say what happened in one."""
-    run_dir, _, sweep = _job_info(cfg)
+    not write its own record, so say what happened in one. Returns whether this is a sweep job."""
+    run_dir, multirun, sweep = _job_info(cfg)
     if os.WIFSIGNALED(status):
         sig = signal.Signals(os.WTERMSIG(status)).name
         reason = f"job process killed by {sig}" + (" (out of memory?)" if sig == "SIGKILL" else "")
@@ -527,6 +544,7 @@ def _record_lost_job(cfg: DictConfig, status: int, preempted: bool) -> None:
               "seed": cfg.get("seed"), "sweep": sweep, "config": redact(OmegaConf.to_container(cfg, resolve=False))}
     write_results(run_dir, record)
     log.error("%s: %s", record["status"], reason)
+    return multirun
 
 
 class SweepReport(Callback):
