@@ -27,19 +27,13 @@ from pathlib import Path
 
 import torch
 
-from harness.measure import peak_rss_gib
+from harness.measure import peak_bf16_flops, peak_rss_gib
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
 GIB = 1024**3
 MIB = 1024**2
 
-# Dense bf16 tensor-core peaks (FLOP/s, no sparsity) from the vendors' data sheets, matched against
-# torch.cuda.get_device_name by substring, most specific first. Unknown devices get no MFU.
-PEAK_BF16_FLOPS = (
-    ("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12),
-    ("L40S", 362e12), ("L4", 121e12), ("A10G", 70e12), ("RTX 4090", 165e12), ("V100", 125e12),
-)
 
 
 # ------------------------------------------------------------------------------------------ timing
@@ -152,14 +146,9 @@ def machine_line(m: dict) -> str:
             f"load {m['load_avg_1m']:.1f}, tiny matmul {m['tiny_matmul_ms']:.3f} ms{gpu}, torch {m['torch']}")
 
 
-def peak_bf16_flops(device_name: str | None) -> float | None:
-    if not device_name:
-        return None
-    return next((peak for key, peak in PEAK_BF16_FLOPS if key in device_name), None)
-
-
 def mfu(flops_per_step: float, step_s: float, device_name: str | None) -> float | None:
-    """Model FLOPs utilization: achieved FLOP/s over the device's dense bf16 peak (None on CPU)."""
+    """Achieved FLOP/s over the device's dense bf16 peak (None on CPU); the peaks are the harness's
+    own table (harness.measure.PEAK_BF16_FLOPS), which results.json's `throughput.mfu` uses."""
     peak = peak_bf16_flops(device_name)
     return flops_per_step / step_s / peak if peak and step_s else None
 

@@ -52,6 +52,31 @@ def _logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out[0]
 
 
+def summed_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The loss summed over its items (float32): examples for classification / regression, response
+    tokens for causal_lm (token t predicts token t+1; labels -100 count nothing).
+
+    Summed, not averaged, so that training can divide by the item count of a whole optimizer step
+    (gradient accumulation then weighs every item alike, however the micro-batches split them) and
+    evaluation by the count of the whole split. Divided by `loss_items` it is the model's own loss.
+    """
+    logits = logits.float()
+    if kind == "causal_lm":
+        # Shift the labels, not the logits: a (B, T-1, V) slice of the logits would be copied.
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    if kind == "regression":
+        return F.mse_loss(logits.squeeze(-1), labels.to(torch.float32), reduction="sum")
+    return F.cross_entropy(logits, labels, reduction="sum")
+
+
+def loss_items(kind: str, labels: torch.Tensor) -> int:
+    """How many items `summed_loss` adds up for these labels."""
+    if kind == "causal_lm":
+        return int((labels[:, 1:] != IGNORE_INDEX).sum())
+    return len(labels)
+
+
 def evaluate_model(model, task: TaskData, batch_size: int, device, autocast=contextlib.nullcontext,
                    split: str = "eval", max_batches: int | None = None) -> dict[str, float]:
     """Score `model` on one split: {"loss": .., <metric>: ..} (causal_lm: {"loss", "perplexity"}).

@@ -57,7 +57,9 @@ SPLITS = ("test", "eval")
 ALWAYS_BY = ("method", "task")
 CANDIDATE_BY = ("method", "model", "task", "lora.r", "lora.target_modules", "lora.alpha",
                 "lora.dropout", "lora.init", "lora.rslora", "lr")
-DEFAULT_METRICS = ("main", "params.trainable", "throughput.tokens_per_s", "memory.peak_rss_gib")
+# Default columns; one that no run has a value for (MFU and CUDA peaks on CPU) is left out.
+DEFAULT_METRICS = ("main", "params.trainable", "throughput.tokens_per_s", "throughput.mfu", "memory.peak_rss_gib",
+                   "memory.cuda_peak_allocated_gib")
 # Config parts that legitimately differ between the seeds of one group.
 PER_RUN_CONFIG = {"seed", "resume", "sweep_name", "logger", "hydra", "wandb", "run_name", "output_dir",
                   "checkpoint_every", "keep_checkpoints", "restart"}
@@ -73,6 +75,9 @@ LABELS = {
     "throughput.step_time_s": "step time (s)", "memory.peak_rss_gib": "peak RSS (GiB)",
     "memory.cuda_peak_allocated_gib": "CUDA peak alloc. (GiB)", "memory.cuda_peak_reserved_gib": "CUDA peak reserved (GiB)",
     "memory.state_gib": "train state (GiB)", "wall_time_s": "wall time (s)", "train_time_s": "train time (s)",
+    "throughput.mfu": "MFU", "throughput.flops_per_token": "FLOPs/token", "throughput.data_time_s": "data time (s)",
+    "memory.cuda_eval_peak_allocated_gib": "CUDA eval peak alloc. (GiB)",
+    "memory.cuda_eval_peak_reserved_gib": "CUDA eval peak reserved (GiB)",
 }
 DASH = "—"
 
@@ -718,7 +723,7 @@ def build(args) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
         check_keys(df, [args.cols])
     by = [resolve_key(df, k) for k in _split(args.by)] or default_by(df, args.cols)
     check_keys(df, by)
-    names = _split(args.metric) or [m for m in DEFAULT_METRICS if m == "main" or m in df]
+    names = _split(args.metric) or [m for m in DEFAULT_METRICS if m == "main" or (m in df and df[m].notna().any())]
     metrics = list(dict.fromkeys(resolve_metric(df, name, args.best, args.split) for name in names))
     summary = summarize(df, by, metrics, args.cols)
     hidden = hidden_variation(df, by + ([args.cols] if args.cols else []))

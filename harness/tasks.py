@@ -387,8 +387,6 @@ def load_examples(cfg) -> dict[str, Dataset]:
     """The raw splits of a task (all rows, before limits and tokenization): {train, eval[, test]}."""
     cfg = task_config(cfg)
     splits = _LOADERS[cfg.source](cfg)
-    columns = ([cfg.prompt_column, cfg.response_column] if cfg.kind == "causal_lm"
-               else [*cfg.text_columns, cfg.label_column])
     for split, ds in splits.items():
         _require_task_columns(cfg, ds.column_names, _where(cfg, split))
     return splits

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import signal
@@ -24,6 +25,10 @@ import traceback
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
+
+# Ask NVML, not the CUDA runtime, whether a GPU exists: the runtime's device count poisons fork()
+# (torch then refuses CUDA in a forked child), and sweep jobs run in forked children (run_forked).
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
 import hydra
 import numpy as np
@@ -39,11 +44,12 @@ from harness import checkpoint
 from harness.adapters import save_adapter
 from harness.config import ConfigError, MethodConfig, TrainerConfig, check_overrides, validate
 from harness.lora import apply_lora, count_parameters, trainable_state_bytes
-from harness.measure import StepTimer, memory_summary, reset_cuda_peak, reset_peak_rss
+from harness.measure import (CudaPeaks, StepTimer, memory_row, memory_summary, model_flops, peak_bf16_flops,
+                             release_cuda_memory, reset_peak_rss)
 from harness.models import base_checkpoint, load_model, load_tokenizer
 from harness.results import (Attempt, finish_attempt, fresh_attempt, git_state, new_run_id, next_attempt,
                              read_results, versions, write_results)
-from harness.scoring import evaluate_model, generate_samples
+from harness.scoring import evaluate_model, generate_samples, loss_items, summed_loss
 from harness.tasks import build_task
 from harness.tracking import Tracker, install_secret_redaction, redact, redact_text, redact_yaml_file, run_name
 
@@ -121,6 +127,29 @@ def _autocast(device: torch.device, precision: str):
 
 def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def accumulate_gradients(model: torch.nn.Module, micro: list[dict], kind: str, device: torch.device,
+                         autocast=contextlib.nullcontext) -> torch.Tensor:
+    """Forward and backward over the micro-batches of one optimizer step; returns the step's loss.
+
+    The loss is summed over every item of the step (examples; response tokens for causal LMs) and
+    divided by the step's total item count, so the gradient is the one of a single batch holding
+    all the micro-batches: a short last batch, or micro-batches with different numbers of response
+    tokens, weigh by their items and not as whole micro-batches (transformers' `num_items_in_batch`
+    fix). The summed loss comes from the logits (harness.scoring.summed_loss), not from the model.
+    """
+    items = sum(loss_items(kind, b["labels"]) for b in micro)  # on the host: no device sync
+    total = torch.zeros((), device=device)
+    for batch in micro:
+        batch = _to(batch, device)
+        labels = batch.pop("labels")
+        with autocast():
+            logits = model(**batch).logits
+        loss = summed_loss(kind, logits, labels) / items
+        loss.backward()
+        total += loss.detach()
+    return total
 
 
 class _Signals:
@@ -297,7 +326,9 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
                "git_commit": (record.get("git") or {}).get("commit")}
     record["segments"] = prior + [segment]
 
-    reset_cuda_peak(device)
+    flops = model_flops(model)
+    peaks = CudaPeaks(device)
+    peaks.start()  # after the model is loaded: the CUDA peaks are those of training
     timer = StepTimer(tcfg.timing_warmup_steps, device)
     timer.load_state_dict(loop.get("timer") or {})
     prior_train_s = sum(s["train_time_s"] or 0.0 for s in prior)
@@ -317,7 +348,7 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
         best_weights.restore(loop["best"]["step"])
 
     def run_eval(step: int) -> dict:
-        with torch.no_grad():
+        with peaks.evaluation(), torch.no_grad():
             metrics = evaluate_model(model, task, tcfg.eval_batch_size, device, autocast=autocast)
         epoch = step / steps_per_epoch
         loop["evals"].append({"step": step, "epoch": epoch, **metrics})
@@ -342,24 +373,19 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
         while step < total_steps:
             epoch = step // steps_per_epoch
             skip = (step % steps_per_epoch) * tcfg.grad_accum  # resuming mid-epoch
+            timer.start()  # the loader's set-up (worker start-up) is data time of the next step
             batches = iter(task.train_loader(tcfg.batch_size, cfg.seed, epoch, skip_batches=skip,
                                              num_workers=tcfg.num_workers))
             if rng is not None:
                 checkpoint.set_rng_state(rng)
                 rng = None
             while step < total_steps:
+                timer.start()  # the step: fetch + collate, forward/backward, update
                 micro = [b for _, b in zip(range(tcfg.grad_accum), batches)]
                 if not micro:
-                    break
-                timer.start()
-                loss_sum = 0.0
-                for batch in micro:
-                    batch = _to(batch, device)
-                    with autocast():
-                        loss = model(**batch).loss / len(micro)
-                    loss.backward()
-                    loss_sum += loss.detach()
-                loss_value = float(loss_sum)
+                    break  # epoch exhausted; the clock runs on into the next epoch's first step
+                timer.data_ready()
+                loss_value = float(accumulate_gradients(model, micro, task.kind, device, autocast))
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(
                     [p for p in model.parameters() if p.requires_grad], tcfg.max_grad_norm or float("inf")))
                 if not math.isfinite(loss_value) or not math.isfinite(grad_norm):
@@ -375,7 +401,8 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
                     optimizer.zero_grad(set_to_none=True)
                 tokens = sum(int(b["attention_mask"].sum()) for b in micro)
                 padded = sum(b["attention_mask"].numel() for b in micro)
-                dt = timer.stop(tokens, padded, sum(len(b["attention_mask"]) for b in micro))
+                step_flops = sum(flops.of_batch(b["attention_mask"]) for b in micro) if flops else 0.0
+                dt = timer.stop(tokens, padded, sum(len(b["attention_mask"]) for b in micro), step_flops)
                 step += 1
                 loop["step"] = step
                 bar.update(1)
@@ -388,7 +415,8 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
                     row = {"epoch": step / steps_per_epoch,
                            "train/loss": window["loss"] / window["n"] if window["n"] else None,
                            "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
-                           "train/tokens_per_s": window["tokens"] / window["time"]}
+                           "train/tokens_per_s": window["tokens"] / window["time"],
+                           **memory_row(device, peaks)}
                     tracker.log(row, step=step)
                     loop["train_loss"] = row["train/loss"]
                     bar.set_postfix(loss=row["train/loss"], tok_s=f"{row['train/tokens_per_s']:.0f}")
@@ -426,7 +454,7 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
     # once, here, and only reported.
     if task.test is not None:
         def score_test():
-            with torch.no_grad():
+            with peaks.evaluation(), torch.no_grad():
                 return evaluate_model(model, task, tcfg.eval_batch_size, device, autocast=autocast, split="test")
 
         test_final, test_best = score_test(), None
@@ -436,12 +464,14 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
         record["metrics"]["test"] = {"final": test_final, "best": test_best,
                                      "best_step": best["step"] if have_best else None}
         log.info("test (final weights): %s", "  ".join(f"{k}={v:.4f}" for k, v in test_final.items() if v is not None))
-    record["throughput"] = timer.summary()
-    record["memory"] = memory_summary(device, trainable_state_bytes(model))
+    peak_flops = peak_bf16_flops(record["device"]) if device.type == "cuda" else None
+    record["throughput"] = {**timer.summary(peak_flops), "peak_flops": peak_flops}
+    record["memory"] = memory_summary(device, trainable_state_bytes(model), peaks)
     record["steps"], record["epochs"] = step, step / steps_per_epoch
-    record["train_time_s"] = timer.total_s  # training steps only, every segment of a resumed run
+    record["train_time_s"] = timer.total_s  # training steps, data path included, every segment of a resumed run
     if task.kind == "causal_lm":
-        record["generations"] = generate_samples(model, tokenizer, task)
+        with peaks.evaluation():
+            record["generations"] = generate_samples(model, tokenizer, task)
     if tcfg.save_model:
         kind = "adapter" if method.name == "lora" else "model"
         _save_trained(model, method, cfg, tokenizer, run_dir / kind)
@@ -580,6 +610,7 @@ def run_job(cfg: DictConfig) -> float:
         path = finish_attempt(run_dir, attempt, record) if attempt else write_results(run_dir, record)
         if tracker is not None:
             tracker.finish(record)
+        release_cuda_memory()
         log.info("results: %s", path)
     if record["status"] != "completed":
         # A preempted sweep must stop (the machine is being taken away); a failed job must not stop it.
@@ -587,6 +618,148 @@ def run_job(cfg: DictConfig) -> float:
             sys.exit(1)
         return float("nan")
     return float(record["metrics"]["final"].get(record["metrics"]["main_metric"]) or float("nan"))
+
+
+_FORWARDED = (signal.SIGTERM, signal.SIGINT)
+
+
+def run_forked(job, cfg: DictConfig) -> float:
+    """Run one job in a forked child process; return what `job(cfg)` returns there.
+
+    Why a process per job: memory figures. Jobs of a sequential sweep otherwise share one process,
+    and its resident memory (allocator pools, caches, lazily imported modules) still holds what
+    earlier jobs left; resetting the peak (clear_refs) only lowers it to that inflated level. A
+    fork costs milliseconds where a fresh interpreter would re-import torch for 5-8 s: the child is
+    a copy of this parent, which imported everything but never ran a job, never touched CUDA nor
+    torch's thread pool. A single run is forked too, so that it and a sweep job start from the
+    same baseline: a forked child does not map the parent's library code until it runs it (fork
+    copies no page tables of file mappings), so its RSS starts ~200 MiB below the parent's, and an
+    in-process solo run would count that code and a sweep job would not.
+
+    Semantics stay those of in-process jobs: the returned value (the Optuna sweeper's objective)
+    comes back through a pipe; a failed sweep job records itself and returns NaN, and the sweep
+    goes on; SIGTERM/SIGINT are forwarded to the child, which checkpoints and ends as preempted,
+    and then stop the sweep (exit 1). The child logs to the job's log file (Hydra opened it before
+    the fork). A child that dies without a word (the kernel's OOM killer) gets a failed record
+    written here. Where this process already initialized CUDA (a fork could not use it) or has no
+    fork, the job runs in this process, with a warning.
+    """
+    if not hasattr(os, "fork") or torch.cuda.is_initialized():
+        log.warning("job runs in the launcher's own process (%s): its memory figures include what "
+                    "ran here before", "no os.fork" if not hasattr(os, "fork") else "CUDA initialized here")
+        return job(cfg)
+    received: list[int] = []
+    child = 0
+
+    def forward(signum, frame):
+        received.append(signum)
+        if child:
+            os.kill(child, signum)
+
+    handlers = {}
+    for sig in _FORWARDED:
+        try:
+            handlers[sig] = signal.signal(sig, forward)
+        except ValueError:  # not the main thread: whoever owns the signals delivers them
+            pass
+    read_fd, write_fd = os.pipe()
+    _flush_output()
+    _trim_heap()
+    # Blocked across the fork: a signal in between waits until the child has its own handlers
+    # and the parent knows the child's pid.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
+    parent = os.getpid()
+    child = os.fork()
+    if child == 0:
+        _die_with_parent(parent)
+        os.close(read_fd)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+        code, value = 1, float("nan")
+        try:
+            value, code = job(cfg), 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        except BaseException:  # noqa: BLE001 - reported to the parent through the exit code
+            traceback.print_exc()
+        finally:
+            try:
+                os.write(write_fd, json.dumps({"value": value, "exit": code}).encode())
+            finally:
+                _flush_output()
+                os._exit(code)
+    os.close(write_fd)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _FORWARDED)
+    try:
+        chunks = []
+        while chunk := os.read(read_fd, 1 << 16):
+            chunks.append(chunk)
+        os.close(read_fd)
+        _, status = os.waitpid(child, 0)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    report = json.loads(b"".join(chunks)) if chunks else None
+    if report is None:
+        multirun = _record_lost_job(cfg, status, preempted=bool(received))
+        if received or not multirun:
+            sys.exit(1)
+        return float("nan")
+    if report["exit"] != 0 or received:
+        sys.exit(report["exit"] or 1)  # preempted (or stopped by a signal): the sweep stops too
+    return float(report["value"])
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel sends this process SIGKILL when its parent dies, so killing the job's
+    process (kill -9, a crash) never leaves its child training on as an orphan."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
+def _trim_heap() -> None:
+    """Free what this process's heap holds but no longer uses (glibc malloc_trim), so a child does not
+    start with spare heap room that a single run's child lacks (a sweep's parent composed and
+    dropped every job's config): each child then grows its resident memory the same way. (No
+    gc.collect first: a full collection of what torch and transformers import takes ~0.4 s.)"""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _flush_output() -> None:
+    """Flush what this process buffered, so a fork does not write it twice and an exit does not lose it."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+
+
+def _record_lost_job(cfg: DictConfig, status: int, preempted: bool) -> bool:
+    """The child ended without reporting (killed by a signal, or a crash in native code): it could
+    not write its own record, so say what happened in one. Returns whether this is a sweep job."""
+    run_dir, multirun, sweep = _job_info(cfg)
+    if os.WIFSIGNALED(status):
+        sig = signal.Signals(os.WTERMSIG(status)).name
+        reason = f"job process killed by {sig}" + (" (out of memory?)" if sig == "SIGKILL" else "")
+    else:
+        reason = f"job process exited with code {os.waitstatus_to_exitcode(status)} without a result"
+    record = {"status": "preempted" if preempted else "failed", "error": reason,
+              "method": cfg.method.get("name"), "model": cfg.model.get("name"), "task": cfg.task.get("name"),
+              "seed": cfg.get("seed"), "sweep": sweep, "config": redact(OmegaConf.to_container(cfg, resolve=False))}
+    write_results(run_dir, record)
+    log.error("%s: %s", record["status"], reason)
+    return multirun
 
 
 class SweepReport(Callback):
@@ -613,7 +786,11 @@ class SweepReport(Callback):
 @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent.parent / "conf"),
             config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
-    return run_job(cfg)
+    # Imported here, once, and not lazily inside each job: every job runs in a forked child
+    # (run_forked), and `evaluate` (with what it pulls in) costs ~3 s to import.
+    import evaluate  # noqa: F401
+
+    return run_forked(run_job, cfg)  # every job, single or in a sweep, in a process of its own
 
 
 def main():

@@ -1,8 +1,6 @@
 """LoraLinear and apply_lora against dense references on tiny models (see conftest.py)."""
 
-import copy
 import math
-import warnings
 
 import pytest
 import torch
