@@ -227,7 +227,8 @@ def test_reruns_keep_each_record_with_its_own_curve(tiny_model_dir, tmp_path):
 
     assert run_cli(tiny_model_dir, run_dir, *common).returncode == 0
     assert read_record(run_dir)["attempt"] == 3 and not (run_dir / "results.failed.json").exists()
-    untimed = lambda text: [{k: v for k, v in json.loads(line).items() if k != "train/tokens_per_s"}  # noqa: E731
+    measured = ("train/tokens_per_s", "train/rss_gib", "train/cuda_allocated_gib", "train/cuda_peak_allocated_gib")
+    untimed = lambda text: [{k: v for k, v in json.loads(line).items() if k not in measured}  # noqa: E731
                             for line in text.splitlines()]
     assert untimed((run_dir / "metrics.jsonl").read_text()) == untimed(before["metrics.jsonl"])  # same seed: same curve
     assert_each_row_once(run_dir)
