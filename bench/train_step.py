@@ -12,7 +12,7 @@ trainable params, trainable state (params + grads + two fp32 AdamW moments of wh
 peak RSS / CUDA peaks per config.
 
 Dropout: the checkpoint's own dropout (0.1 on hidden states and attention probabilities) is on in
-the main rows, as in `harness-train`; the dropout table re-times configs with it off, and with
+the main rows, as `harness-train` had it before issue 12 (minilm now defaults to model.dropout=0.0); the dropout table re-times configs with it off, and with
 LoRA's own `method.dropout=0.1`, so its cost per step is a paired difference.
 
     python -m bench.train_step                    # T=64 and 128, dropout table at 128, RSS children
@@ -68,8 +68,8 @@ CONFIGS = {c.name: c for c in MAIN + DROPOUT + PLAIN}
 
 def build(cfg: Config, model_cfg, device):
     model, opt = common.build_model(cfg.method_config(), model_cfg, device)
-    if not cfg.model_dropout:
-        common.set_model_dropout(model, 0.0)
+    # Explicit both ways: harness-train's own default for minilm is model.dropout=0.0 (since issue 12).
+    common.set_model_dropout(model, 0.1 if cfg.model_dropout else 0.0)
     if cfg.plain:
         from bench.lora_layer import use_plain
 

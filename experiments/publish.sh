@@ -4,14 +4,15 @@
 #   bash experiments/publish.sh SWEEP_DIR OUT_DIR [BY_KEY ...]
 #   bash experiments/publish.sh outputs/sweeps/rank_ablation experiments/rank_ablation lora.r
 # METRICS="main params.adapter" picks the table's metric columns (default: harness-table's);
-# SPLIT=eval shows the validation split instead of the test split (default: test).
+# SPLIT=eval shows the validation split instead of the test split (default: test, or eval with a note
+# for records that have no test metrics).
 set -euo pipefail
 sweep=$1 out=$2
 shift 2
 by=()
 if (($#)); then by=(--by "$@"); fi
 metrics=()
-split=(--split "${SPLIT:-test}")
+split=(${SPLIT:+--split "$SPLIT"})
 if [[ -n ${METRICS:-} ]]; then read -ra names <<<"$METRICS"; metrics=(--metric "${names[@]}"); fi
 mkdir -p "$out/results"
 for record in "$sweep"/*/results.json; do

@@ -196,6 +196,7 @@ class ModelConfig:
     trust_remote_code: bool = False
     config_overrides: Optional[Dict[str, Any]] = None
     dropout: Optional[float] = None  # every dropout probability of the checkpoint; null: its own
+    token: Optional[str] = None  # hub token (`+model.token=hf_...`), passed to from_pretrained, redacted everywhere
     head_modules: Optional[List[str]] = field(default_factory=list)  # null: none
 
     def __post_init__(self):

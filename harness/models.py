@@ -55,6 +55,8 @@ def _source(model_cfg) -> tuple[str, dict]:
     if cache is not None and (cache / "config.json").exists():
         return str(cache), {}
     kwargs = {"gguf_file": model_cfg.gguf_file} if model_cfg.get("gguf_file") else {}
+    if model_cfg.get("token"):  # a hub token for gated or private checkpoints (redacted in every file)
+        kwargs["token"] = model_cfg.token
     return resolve_path(model_cfg.name_or_path), kwargs
 
 

@@ -270,7 +270,7 @@ img{max-width:100%} .skipped{color:#a60} .note{color:#a60} code{font-size:12px}"
 
 
 def write_report(paths, out, by=None, best: bool = False, title: str | None = None,
-                 split: str = "test") -> dict[str, str | None]:
+                 split: str | None = None) -> dict[str, str | None]:
     """Write index.html and the PNGs into `out`; returns {figure file: None if drawn, else why skipped}.
     `split` and `best` choose the task metrics as harness-table's --split and --best do."""
     out = Path(out)
@@ -280,6 +280,8 @@ def write_report(paths, out, by=None, best: bool = False, title: str | None = No
         raise ValueError(f"no completed runs among {len(df)} results under {', '.join(map(str, paths))}")
     by = [T.resolve_key(df, k) for k in by] if by else T.default_by(df)
     T.check_keys(df, by)
+    split, split_notes = T.default_split(df, split)
+    rerun_notes += split_notes
     main = T.resolve_metric(df, "main", best, split)
     metrics = [main] + [m for m in ("params.trainable", *THROUGHPUT, *MEMORY) if m in df]
     summary = T.summarize(df, by, metrics)
@@ -338,7 +340,7 @@ def main(argv=None) -> int:
     p.add_argument("paths", nargs="+", metavar="PATH", help="sweep folders (searched for results.json)")
     p.add_argument("--out", required=True, type=Path, help="folder to write index.html and the PNGs into")
     p.add_argument("--by", nargs="+", metavar="KEY", help="group keys (default: method, task and whatever else varies besides seed)")
-    p.add_argument("--split", default="test", choices=T.SPLITS,
+    p.add_argument("--split", default=None, choices=T.SPLITS,
                    help="where task metrics come from: test (default; scored once at the end) or eval (validation)")
     p.add_argument("--best", action="store_true",
                    help="test: with the best-validation weights (needs trainer.select_best); eval: the best evaluation")

@@ -293,6 +293,20 @@ def metric_prefix(split: str = "test", best: bool = False) -> str:
     return f"metrics.test.{which}." if split == "test" else f"metrics.{which}."
 
 
+def default_split(df: pd.DataFrame, split: str | None) -> tuple[str, list[str]]:
+    """The split to show: `split` when given; else test, unless no completed run has any test-split
+    metric (records written before test scoring), then eval with a note saying so. An explicit
+    `--split test` on such records stays an error (resolve_metric)."""
+    if split is not None:
+        return split, []
+    done = completed(df)
+    has_test = any(c.startswith("metrics.test.") and done[c].notna().any() for c in done.columns)
+    if has_test or done.empty:
+        return "test", []
+    return "eval", ["note: no completed run has test-split metrics (records written before test scoring, or "
+                    "tasks without a labelled test split): showing the validation split"]
+
+
 def resolve_metric(df: pd.DataFrame, name: str, best: bool = False, split: str = "test") -> str:
     """A metric name as given on the command line -> its column.
 
@@ -678,9 +692,10 @@ def parser() -> argparse.ArgumentParser:
                    help=f"metrics: main, an eval metric name (accuracy, f1), or a column (default: {' '.join(DEFAULT_METRICS)})")
     p.add_argument("--where", nargs="+", metavar="KEY=VALUE", default=[],
                    help="keep only runs whose KEY shows as VALUE (method=lora, lora.target_modules=query,value)")
-    p.add_argument("--split", default="test", choices=SPLITS,
+    p.add_argument("--split", default=None, choices=SPLITS,
                    help="where task metrics come from: test (default; scored once at the end, never used for "
-                        "selection) or eval (the validation split runs were selected on)")
+                        "selection) or eval (the validation split runs were selected on); by default eval, "
+                        "with a note, only when no run has test metrics")
     p.add_argument("--best", action="store_true",
                    help="test: with the weights of the best validation evaluation (needs trainer.select_best); "
                         "eval: the best evaluation instead of the final one")
@@ -723,12 +738,13 @@ def build(args) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
         check_keys(df, [args.cols])
     by = [resolve_key(df, k) for k in _split(args.by)] or default_by(df, args.cols)
     check_keys(df, by)
+    args.split, split_notes = default_split(df, args.split)
     names = _split(args.metric) or [m for m in DEFAULT_METRICS if m == "main" or (m in df and df[m].notna().any())]
     metrics = list(dict.fromkeys(resolve_metric(df, name, args.best, args.split) for name in names))
     summary = summarize(df, by, metrics, args.cols)
     hidden = hidden_variation(df, by + ([args.cols] if args.cols else []))
     notes = [f"note: runs averaged together differ in {', '.join(hidden)}; add to --by to split them"] if hidden else []
-    return summary, failed_runs(df), rerun_notes + notes
+    return summary, failed_runs(df), rerun_notes + split_notes + notes
 
 
 def main(argv=None) -> int:

@@ -180,6 +180,7 @@ def sweeps_cwd(tmp_path, monkeypatch):
     for name, folder in committed_sweeps().items():
         (tmp_path / "outputs" / "sweeps").mkdir(parents=True, exist_ok=True)
         (tmp_path / "outputs" / "sweeps" / name).symlink_to(folder, target_is_directory=True)
+    (tmp_path / "experiments").symlink_to(ROOT / "experiments", target_is_directory=True)  # commands that name them
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -104,8 +104,11 @@ def test_group_labels_name_only_what_varies():
 
 
 def test_cli(tmp_path, capsys):
-    assert R.main([str(OTHER), "--out", str(tmp_path / "r0")]) == 2  # the test split by default; sst2 has none
+    assert R.main([str(OTHER), "--out", str(tmp_path / "r0"), "--split", "test"]) == 2  # sst2 has no test split
     assert "no completed run has metrics.test.final.accuracy" in capsys.readouterr().err
+    assert R.main([str(OTHER), "--out", str(tmp_path / "r1")]) == 0  # by default: validation, and the page says so
+    assert "showing the validation split" in (tmp_path / "r1" / "index.html").read_text()
+    capsys.readouterr()
     assert R.main([str(OTHER), "--out", str(tmp_path / "r"), "--title", "Other task", "--split", "eval"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[-1] == str(tmp_path / "r" / "index.html")

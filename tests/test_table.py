@@ -510,7 +510,7 @@ def test_reruns_of_one_config_and_seed_count_once_newest_completed_kept(tmp_path
     # what an attempt set aside inside a run folder holds is never read
     shutil.copytree(again / "1_full-seed1", again / "1_full-seed1" / "attempts" / "1")
 
-    args = T.parser().parse_args([str(first), str(again)])
+    args = T.parser().parse_args([str(first), str(again), "--split", "eval"])  # the rewritten scores are validation's
     summary, failed, notes = T.build(args)
     assert summary["n"].tolist() == [3, 3, 3]
     r8 = row(summary, **{"lora.r": 8})
@@ -525,7 +525,7 @@ def test_reruns_of_one_config_and_seed_count_once_newest_completed_kept(tmp_path
             f"(the newest completed), not {first}/6_lora-r8-qv-seed0") in reruns
     assert f"kept {first}/0_full-seed0 (the newest completed), not {again}/0_full-seed0" in "\n".join(reruns)
 
-    assert T.main([str(first), str(again)]) == 0
+    assert T.main([str(first), str(again), "--split", "eval"]) == 0
     captured = capsys.readouterr()
     assert "| lora   | rotten_tomatoes | 8      | 3   | **0.8633 ± 0.0416** |" in captured.out
     assert "count once" in captured.err
@@ -535,7 +535,7 @@ def test_wandb_run_listed_twice_counts_once(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(Api=FakeApi))
     records = T.load_records([LVF])
     FakeApi.runs_to_return = [fake_run(r, run_id=f"{i}{copy}") for copy in "ab" for i, r in enumerate(records)]
-    assert T.main(["--wandb", "ent/proj"]) == 0
+    assert T.main(["--wandb", "ent/proj", "--split", "eval"]) == 0
     captured = capsys.readouterr()
     assert "| lora   | rotten_tomatoes | 8      | 3   | **0.8300 ± 0.0200** |" in captured.out
     assert captured.err.count("count once") == 10 and "kept wandb:ent/proj/6b" in captured.err

@@ -331,23 +331,31 @@ def test_rewind_drops_later_rows_and_a_torn_last_line(tmp_path):
 
 def test_secrets_stay_out_of_every_file_of_a_sweep(tiny_model_dir, tmp_path, monkeypatch):
     """A token, a password and a secret env var's value given on the command line: none of them in
-    any file of the sweep folder (Hydra's, the record, the log, W&B's offline run) or on the console."""
+    any file of the sweep folder (Hydra's, the record, the log, W&B's offline run) or on the console,
+    whether the job completes (`model.token` is a real setting) or fails validation (`hub_password`
+    and `auth` are not model settings: the job fails with one line, its record and W&B run written)."""
     from tests.helpers import read_record, run_cli
 
     token, password, env_secret = "hf_" + "Zy9" * 12, "s3cr3t-Pa55word-42", "env-only-secret-7781"
     monkeypatch.setenv("MY_SERVICE_TOKEN", env_secret)
-    sweep = tmp_path / "sweep"
-    proc = run_cli(tiny_model_dir, sweep, f"+model.token={token}", f"+model.hub_password={password}",
-                   "+model.auth=${oc.env:MY_SERVICE_TOKEN}", "logger=wandb", "logger.mode=offline",
-                   "trainer.save_model=false", "task.limit_train=16", multirun=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (job,) = [p.parent for p in sweep.glob("*/results.json")]
-    rec = read_record(job)
-    assert f"+model.token={REDACTED}" in rec["sweep"]["overrides"] and rec["config"]["model"]["auth"] == REDACTED
-    files = [p for p in sweep.rglob("*") if p.is_file()]
-    assert {".hydra/hydra.yaml", "multirun.yaml", "train.log", "results.json"} <= {
-        p.relative_to(job if job in p.parents else sweep).as_posix() for p in files}
-    assert any(p.suffix == ".wandb" for p in files)
-    for secret in (token, password, env_secret):
-        assert [str(p) for p in files if secret.encode() in p.read_bytes()] == [], secret
-        assert secret not in str(job) and secret not in proc.stdout + proc.stderr
+    runs = {"completed": (0, [f"+model.token={token}"]),
+            "failed": (1, [f"+model.token={token}", f"+model.hub_password={password}",
+                           "+model.auth=${oc.env:MY_SERVICE_TOKEN}"])}
+    for status, (code, secrets) in runs.items():
+        sweep = tmp_path / status
+        proc = run_cli(tiny_model_dir, sweep, *secrets, "logger=wandb", "logger.mode=offline",
+                       "trainer.save_model=false", "task.limit_train=16", multirun=True)
+        assert proc.returncode == code, proc.stderr[-3000:]
+        (job,) = [p.parent for p in sweep.glob("*/results.json")]
+        rec = read_record(job)
+        assert rec["status"] == status and f"+model.token={REDACTED}" in rec["sweep"]["overrides"]
+        assert rec["config"]["model"]["token"] == REDACTED
+        if status == "failed":
+            assert rec["config"]["model"]["auth"] == REDACTED and "not a model setting" in rec["error"]
+        files = [p for p in sweep.rglob("*") if p.is_file()]
+        assert {".hydra/hydra.yaml", "multirun.yaml", "train.log", "results.json"} <= {
+            p.relative_to(job if job in p.parents else sweep).as_posix() for p in files}
+        assert any(p.suffix == ".wandb" for p in files)
+        for secret in (token, password, env_secret):
+            assert [str(p) for p in files if secret.encode() in p.read_bytes()] == [], secret
+            assert secret not in str(job) and secret not in proc.stdout + proc.stderr
