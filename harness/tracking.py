@@ -74,7 +74,8 @@ _MIN_ENV_SECRET = 8
 
 def _is_secret_key(key: Any) -> bool:
     key = str(key).replace("-", "_")
-    return bool(_SECRET_KEY.search(key)) and not _TOKENIZER_TOKEN.match(key)
+    # `flops_per_token` is a rate, not a credential (a numeric password, `db.password=123`, is one)
+    return bool(_SECRET_KEY.search(key)) and not _TOKENIZER_TOKEN.match(key) and not key.lower().endswith("per_token")
 
 
 def _env_secrets() -> list[str]:
@@ -103,8 +104,8 @@ def redact_text(text: str, env_secrets: Sequence[str] | None = None) -> str:
 def redact(config: Any) -> Any:
     """Copy `config` as plain dicts/lists with secret values replaced by "***REDACTED***".
 
-    Secret = the string value of a key that looks secret (`api_key`, `hf_token`, `password`, ...;
-    None, booleans such as `use_auth_token: true` and numbers are kept: they reveal nothing), and inside every
+    Secret = the value of a key that looks secret (`api_key`, `hf_token`, `password`, ...; None and
+    booleans such as `use_auth_token: true` are kept because they reveal nothing), and inside every
     string what `redact_text` finds: a secret environment variable's value (`WANDB_API_KEY`,
     `HF_TOKEN`, ...), a string shaped like a Hugging Face token, the value in a `key=value` override
     whose key is secret.
@@ -113,9 +114,8 @@ def redact(config: Any) -> Any:
 
     def walk(obj: Any) -> Any:
         if isinstance(obj, Mapping):
-            # Only strings can be credentials: a number under a secret-looking key (`flops_per_token`)
-            # or a flag (`use_auth_token: true`) reveals nothing.
-            return {k: (REDACTED if _is_secret_key(k) and isinstance(v, str) else walk(v)) for k, v in obj.items()}
+            return {k: (REDACTED if _is_secret_key(k) and v is not None and not isinstance(v, bool)
+                        else walk(v)) for k, v in obj.items()}
         if isinstance(obj, str):
             return redact_text(obj, env_secrets)
         if isinstance(obj, Sequence | set | frozenset) and not isinstance(obj, bytes | bytearray):
