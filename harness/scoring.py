@@ -57,8 +57,9 @@ def summed_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.
     tokens for causal_lm (token t predicts token t+1; labels -100 count nothing).
 
     Summed, not averaged, so that training can divide by the item count of a whole optimizer step
-    (gradient accumulation then weighs every item alike, however the micro-batches split them) and
-    evaluation by the count of the whole split. Divided by `loss_items` it is the model's own loss.
+    (gradient accumulation then weighs every item alike, however the micro-batches split them).
+    Divided by `loss_items` it is the model's own loss. (evaluate_model computes the same losses
+    per example instead, to put them back in stored order: the two definitions must stay equal.)
     """
     logits = logits.float()
     if kind == "causal_lm":
