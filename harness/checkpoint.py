@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.config import ConfigError
+from harness.schema import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from harness.schema import ConfigError, check, choices, typed
 from harness.lora import ALL_LINEAR, QUERY_VALUE, LoraConfig
 from harness.tracking import redact_text
 
@@ -66,21 +65,6 @@ OmegaConf.register_new_resolver("dirname", _dirname, replace=True)
 OmegaConf.register_new_resolver("mul", lambda a, b: a * b, replace=True)  # alpha = 2r in rank sweeps
 
 
-class ConfigError(ValueError):
-    """A config value that cannot run; the message is the one line the user sees."""
-
-
-def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
-
-
-def _choices(options) -> str:
-    """'choose a, b or c' for an error message."""
-    options = [str(o) for o in options]
-    return "choose " + (", ".join(options[:-1]) + " or " + options[-1] if len(options) > 1 else options[0])
-
-
 def _plain_name(value) -> bool:
     """Names that become one folder of a path (outputs/runs/<model.name>/<task.name>/...)."""
     return isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.\-]+", value) is not None and value not in (".", "..")
@@ -105,15 +89,15 @@ class MethodConfig:
     alpha_pattern: Optional[Dict[str, Any]] = None
 
     def __post_init__(self):
-        _check(self.name in ("lora", "full"), "method.name", self.name, "choose lora or full")
-        _check(self.lr > 0, "method.lr", self.lr, "must be > 0")
+        check(self.name in ("lora", "full"), "method.name", self.name, "choose lora or full")
+        check(self.lr > 0, "method.lr", self.lr, "must be > 0")
         targets = self.target_modules
-        _check(isinstance(targets, str) or (isinstance(targets, (list, tuple)) and
+        check(isinstance(targets, str) or (isinstance(targets, (list, tuple)) and
                                             all(isinstance(t, str) and t for t in targets)),
                "method.target_modules", targets,
                f"give a list of module names ([query,value]), one regex, {ALL_LINEAR} or {QUERY_VALUE}")
         saved = self.modules_to_save
-        _check(saved is None or (isinstance(saved, str) and saved) or
+        check(saved is None or (isinstance(saved, str) and saved) or
                (isinstance(saved, (list, tuple)) and all(isinstance(m, str) and m for m in saved)),
                "method.modules_to_save", saved, "give module names ([classifier]) or null (the model's head_modules)")
         if self.name == "lora":
@@ -160,22 +144,22 @@ class TrainerConfig:
     optimizer: Any = None
 
     def __post_init__(self):
-        _check(self.device in ("auto", "cpu", "cuda"), "trainer.device", self.device, "choose auto, cpu or cuda")
-        _check(self.precision in ("bf16", "fp32"), "trainer.precision", self.precision, "choose bf16 or fp32")
-        _check(self.epochs > 0, "trainer.epochs", self.epochs, "must be > 0")
-        _check(self.max_steps is None or self.max_steps > 0, "trainer.max_steps", self.max_steps, "must be > 0 or null")
+        check(self.device in ("auto", "cpu", "cuda"), "trainer.device", self.device, "choose auto, cpu or cuda")
+        check(self.precision in ("bf16", "fp32"), "trainer.precision", self.precision, "choose bf16 or fp32")
+        check(self.epochs > 0, "trainer.epochs", self.epochs, "must be > 0")
+        check(self.max_steps is None or self.max_steps > 0, "trainer.max_steps", self.max_steps, "must be > 0 or null")
         for key in ("batch_size", "grad_accum", "eval_batch_size", "log_every", "keep_checkpoints"):
-            _check(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), "must be >= 1")
-        _check(self.weight_decay >= 0, "trainer.weight_decay", self.weight_decay, "must be >= 0")
-        _check(0 <= self.warmup_ratio < 1, "trainer.warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
-        _check(self.max_grad_norm is None or self.max_grad_norm > 0, "trainer.max_grad_norm",
+            check(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), "must be >= 1")
+        check(self.weight_decay >= 0, "trainer.weight_decay", self.weight_decay, "must be >= 0")
+        check(0 <= self.warmup_ratio < 1, "trainer.warmup_ratio", self.warmup_ratio, "must be in [0, 1)")
+        check(self.max_grad_norm is None or self.max_grad_norm > 0, "trainer.max_grad_norm",
                self.max_grad_norm, "must be > 0 or null")
         for key in ("eval_every", "checkpoint_every"):
             value = getattr(self, key)
-            _check(value is None or value >= 1, f"trainer.{key}", value, "must be >= 1 or null")
-        _check(self.timing_warmup_steps >= 0, "trainer.timing_warmup_steps", self.timing_warmup_steps, "must be >= 0")
-        _check(self.on_nan in ("fail", "skip"), "trainer.on_nan", self.on_nan, "choose fail or skip")
-        _check(self.num_workers >= 0, "trainer.num_workers", self.num_workers, "must be >= 0")
+            check(value is None or value >= 1, f"trainer.{key}", value, "must be >= 1 or null")
+        check(self.timing_warmup_steps >= 0, "trainer.timing_warmup_steps", self.timing_warmup_steps, "must be >= 0")
+        check(self.on_nan in ("fail", "skip"), "trainer.on_nan", self.on_nan, "choose fail or skip")
+        check(self.num_workers >= 0, "trainer.num_workers", self.num_workers, "must be >= 0")
 
 
 # A hub repo id: "name" or "owner/name" (huggingface_hub's rules, without the length limit).
@@ -203,20 +187,20 @@ class ModelConfig:
         from harness.models import DTYPES
 
         self.head_modules = list(self.head_modules or [])
-        _check(_plain_name(self.name), "model.name", self.name,
+        check(_plain_name(self.name), "model.name", self.name,
                "a plain name (letters, digits, _ . -): it names the run folder")
-        _check(self.dtype in DTYPES, "model.dtype", self.dtype, _choices(DTYPES))
-        _check(self.dropout is None or 0 <= self.dropout < 1, "model.dropout", self.dropout,
+        check(self.dtype in DTYPES, "model.dtype", self.dtype, choices(DTYPES))
+        check(self.dropout is None or 0 <= self.dropout < 1, "model.dropout", self.dropout,
                "a probability in [0, 1), or null for the checkpoint's own")
-        _check(all(h for h in self.head_modules), "model.head_modules", self.head_modules,
+        check(all(h for h in self.head_modules), "model.head_modules", self.head_modules,
                "module names or suffixes, e.g. [classifier, pooler], or []")
         folder = self.local_folder()
         if self.gguf_file is not None:
-            _check(self.gguf_file.endswith(".gguf"), "model.gguf_file", self.gguf_file,
+            check(self.gguf_file.endswith(".gguf"), "model.gguf_file", self.gguf_file,
                    "a .gguf file name inside model.name_or_path, or null")
             if folder is not None and not (folder / self.gguf_file).is_file():
                 found = sorted(p.name for p in folder.glob("*.gguf"))
-                _check(False, "model.gguf_file", self.gguf_file, f"no such file in {folder}; GGUF files there: {found}")
+                check(False, "model.gguf_file", self.gguf_file, f"no such file in {folder}; GGUF files there: {found}")
 
     def local_folder(self) -> Path | None:
         """The local folder `name_or_path` names (pkg:, a path), None for a hub name; ConfigError
@@ -233,75 +217,13 @@ class ModelConfig:
         if path.is_dir():
             return path
         if path.exists():
-            _check(False, "model.name_or_path", value, "a folder (with config.json), not a file; for a GGUF "
+            check(False, "model.name_or_path", value, "a folder (with config.json), not a file; for a GGUF "
                    "file give its folder here and the file name as model.gguf_file")
         looks_local = value.startswith(("/", ".", "~")) or value.count("/") > 1
-        _check(not looks_local, "model.name_or_path", value, "no such folder")
-        _check(_HUB_ID.fullmatch(value) is not None, "model.name_or_path", value,
+        check(not looks_local, "model.name_or_path", value, "no such folder")
+        check(_HUB_ID.fullmatch(value) is not None, "model.name_or_path", value,
                "a local folder, pkg:MODULE/SUBDIR (a folder inside an installed package), or a hub name (owner/name)")
         return None
-
-
-# ---------------------------------------------------------------------------------------------------
-# Typed groups: OmegaConf's type errors, in the one-line form.
-
-
-def _describe(tp) -> str:
-    """What a dataclass field's type accepts, in words: Optional[int] -> 'must be an integer or null'."""
-    optional = False
-    if typing.get_origin(tp) is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        optional = len(args) < len(typing.get_args(tp))
-        tp = args[0] if len(args) == 1 else Any
-    origin = typing.get_origin(tp) or tp
-    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-             list: "a list, e.g. [a,b]", tuple: "a list, e.g. [a,b]", dict: "a mapping, e.g. {a:1}"}
-    return "must be " + words.get(origin, "a value") + (" or null" if optional else "")
-
-
-def _lookup(values: Any, dotted: str) -> Any:
-    """values['a']['b'] for 'a.b' (and 'a[0]'), or '???' when the path is not there."""
-    node = values
-    for part in re.findall(r"[^.\[\]]+", dotted):
-        try:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        except (KeyError, IndexError, ValueError, TypeError):
-            return "???"
-    return node
-
-
-def typed(group: str, schema: type, node: DictConfig | dict):
-    """Merge a config group onto its dataclass and build it, turning OmegaConf errors into one line:
-    `group.key=value is invalid: what the field's type allows` (or, for an unknown key, the settings
-    the group has)."""
-    if not isinstance(node, DictConfig):
-        node = OmegaConf.create(node)
-    missing = sorted(OmegaConf.missing_keys(node))  # full keys from the root: task.data_files
-    if missing:
-        key = missing[0] if missing[0].startswith(group + ".") else f"{group}.{missing[0]}"
-        raise ConfigError(f"{key}=??? is invalid: a value is required (set it on the command line: {key}=...)")
-    try:
-        values = OmegaConf.to_container(node, resolve=True)  # resolved in place: ${method.r} needs the root
-    except OmegaConfBaseException as e:
-        key = f"{group}.{e.full_key}" if getattr(e, "full_key", None) else group
-        raise ConfigError(f"{key} is invalid: {str(e).splitlines()[0]}") from None
-    settings = list(schema.__dataclass_fields__)
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), values)
-        return OmegaConf.to_object(merged)
-    except ConfigKeyError as e:
-        key = str(getattr(e, "key", None) or (e.full_key or "").split(".")[0])
-        close = difflib.get_close_matches(key, settings, n=1)
-        hint = f" (did you mean {group}.{close[0]}?)" if close else ""
-        raise ConfigError(f"{group}.{key}={_lookup(values, key)!r} is invalid: not a {group} setting{hint}; "
-                          f"settings: {', '.join(settings)}") from None
-    except OmegaConfBaseException as e:
-        full_key = getattr(e, "full_key", None) or ""
-        top = re.split(r"[.\[]", full_key)[0]
-        if top not in settings:
-            raise ConfigError(f"{group}: {str(e).splitlines()[0]}") from None
-        hints = typing.get_type_hints(schema)
-        raise ConfigError(f"{group}.{top}={_lookup(values, top)!r} is invalid: {_describe(hints[top])}") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -323,8 +245,8 @@ def validate(cfg: DictConfig) -> tuple[MethodConfig, TrainerConfig]:
         raise ConfigError(f"{unknown[0]}={cfg.get(unknown[0])!r} is invalid: not a setting{hint}; "
                           f"settings: {', '.join(TOP_LEVEL[:-1])}")
     seed = cfg.get("seed")
-    _check(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "seed", seed, "must be an int >= 0")
-    _check(isinstance(cfg.get("resume", False), bool), "resume", cfg.get("resume"), "must be true or false")
+    check(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "seed", seed, "must be an int >= 0")
+    check(isinstance(cfg.get("resume", False), bool), "resume", cfg.get("resume"), "must be true or false")
     model = typed("model", ModelConfig, cfg.model)
     typed("task", TaskConfig, cfg.task)
     method = typed("method", MethodConfig, cfg.method)
@@ -446,7 +368,7 @@ def _compose(overrides: list[str], config_dir: Path, config_name: str) -> DictCo
         if e.missing_cfg_file and e.options is not None:
             group, _, name = e.missing_cfg_file.rpartition("/")
             plus = "+" if any(o.startswith("+") and o.lstrip("+").split("=")[0] == group for o in overrides) else ""
-            raise ConfigError(f"{plus}{group}={name} is invalid: {_choices(sorted(e.options))}") from None
+            raise ConfigError(f"{plus}{group}={name} is invalid: {choices(sorted(e.options))}") from None
         raise ConfigError(" ".join(str(e).split())) from None
     except ConfigCompositionException as e:
         text = str(e)

@@ -55,7 +55,7 @@ import torch
 from datasets import Dataset
 from omegaconf import DictConfig
 
-from harness.config import ConfigError, typed
+from harness.schema import ConfigError, typed
 
 log = logging.getLogger(__name__)
 
