@@ -19,6 +19,8 @@ import safetensors.torch
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from harness.paths import cache_root
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -45,8 +47,9 @@ def _gguf_cache(model_cfg) -> Path | None:
     """Where the dequantized float copy of a GGUF checkpoint lives (None when not a GGUF model)."""
     if not model_cfg.get("gguf_file"):
         return None
-    root = Path(model_cfg.get("cache_dir") or Path.home() / ".cache" / "lora-harness" / "models")
-    return root.expanduser() / model_cfg.name
+    configured = model_cfg.get("cache_dir")
+    root = Path(configured).expanduser() if configured else cache_root() / "models"
+    return root / model_cfg.name
 
 
 def _source(model_cfg) -> tuple[str, dict]:

@@ -55,6 +55,7 @@ import torch
 from datasets import Dataset
 from omegaconf import DictConfig
 
+from harness.paths import cache_root
 from harness.schema import ConfigError, typed
 
 log = logging.getLogger(__name__)
@@ -569,8 +570,7 @@ def _encode_pairs(batch, tokenizer, text_columns, label_column, label_map, max_l
 
 def _tokenize(cfg: TaskConfig, split: str, raw: Dataset, tokenizer, tokenizer_fp: str, max_length: int,
               label_map) -> Dataset:
-    root = Path(cfg.cache_dir or os.environ.get("LORA_HARNESS_CACHE") or "~/.cache/lora-harness").expanduser()
-    folder = root / cfg.name / tokenizer_fp
+    folder = cache_root(cfg.cache_dir) / cfg.name / tokenizer_fp
     folder.mkdir(parents=True, exist_ok=True)
     columns = ([cfg.prompt_column, cfg.response_column] if cfg.kind == "causal_lm"
                else [*cfg.text_columns, cfg.label_column])
