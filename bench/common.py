@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from harness.measure import peak_bf16_flops, peak_rss_gib
+from harness.telemetry import peak_bf16_flops, peak_rss_gib
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"

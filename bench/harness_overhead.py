@@ -58,7 +58,7 @@ def compose(overrides: list[str], run_dir: Path):
 def run_harness(overrides: list[str], run_dir: Path) -> dict:
     """One real harness job in this process; returns {step: perf_counter at its train-row log}."""
     from harness import train
-    from harness.tracking import Tracker
+    from harness.telemetry import Tracker
 
     stamps: dict[int, float] = {}
     original = Tracker.log

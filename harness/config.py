@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.schema import ConfigError, check, choices, typed
 from harness.lora import ALL_LINEAR, QUERY_VALUE, LoraConfig
-from harness.tracking import redact_text
+from harness.telemetry import redact_text
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -236,7 +236,7 @@ def validate(cfg: DictConfig) -> tuple[MethodConfig, TrainerConfig]:
     """Check every group of the composed config (nothing is loaded but config.json files); return
     the typed method and trainer settings. The first bad value raises ConfigError, one line."""
     from harness.tasks import TaskConfig
-    from harness.tracking import LoggerSettings
+    from harness.telemetry import LoggerSettings
 
     unknown = [k for k in cfg if k not in TOP_LEVEL]
     if unknown:
@@ -339,7 +339,7 @@ def check_overrides(argv: list[str], config_dir: Path = CONF_DIR, config_name: s
 def _group_schema(group: str) -> type | None:
     """The dataclass a config group is checked against (see validate), None for free-form nodes."""
     from harness.tasks import TaskConfig
-    from harness.tracking import LoggerSettings
+    from harness.telemetry import LoggerSettings
 
     return {"model": ModelConfig, "task": TaskConfig, "method": MethodConfig, "trainer": TrainerConfig,
             "logger": LoggerSettings}.get(group)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from harness.tracking import redact
+from harness.telemetry import redact
 
 RESULTS = "results.json"
 FAILED = "results.failed.json"

@@ -44,14 +44,14 @@ from harness import checkpoint
 from harness.adapters import save_adapter
 from harness.config import ConfigError, MethodConfig, TrainerConfig, check_overrides, validate
 from harness.lora import apply_lora, count_parameters, trainable_state_bytes
-from harness.measure import (CudaPeaks, StepTimer, memory_row, memory_summary, model_flops, peak_bf16_flops,
-                             release_cuda_memory, reset_peak_rss)
+from harness.telemetry import (CudaPeaks, StepTimer, memory_row, memory_summary, model_flops, peak_bf16_flops,
+                               release_cuda_memory, reset_peak_rss)
 from harness.models import base_checkpoint, load_model, load_tokenizer
 from harness.results import (Attempt, finish_attempt, fresh_attempt, git_state, new_run_id, next_attempt,
                              read_results, versions, write_results)
 from harness.scoring import evaluate_model, generate_samples, loss_items, summed_loss
 from harness.tasks import build_task
-from harness.tracking import Tracker, install_secret_redaction, redact, redact_text, redact_yaml_file, run_name
+from harness.telemetry import Tracker, install_secret_redaction, redact, redact_text, redact_yaml_file, run_name
 
 log = logging.getLogger("harness")
 

@@ -200,7 +200,7 @@ def sweeps_cwd(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("argv, where", [p for p in COMMANDS if p.values[0][0] != "harness-train"])
 def test_documented_table_and_report_command(argv, where, sweeps_cwd, monkeypatch, capsys):
-    from tests.test_table import FakeApi, fake_run
+    from tests.analysis.sweeps import FakeApi, fake_run
 
     args = argv[1:]
     for path in (a for a in args if a.startswith("outputs/sweeps/")):

@@ -1,37 +1,27 @@
 """Tracker: metrics.jsonl rows, and the offline W&B run read back from its .wandb file.
 
 There is no W&B server here, so every wandb run is offline (or an online run that must fall back
-to offline) under tmp_path, and `read_offline_run` parses what wandb actually wrote.
+to offline) under tmp_path, and `read_offline_run` (tests/telemetry/wandb_offline.py) parses what
+wandb actually wrote.
 """
 import json
 import logging
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from harness.tracking import (REDACTED, Tracker, install_secret_redaction, read_offline_run, record_from_summary,
-                              redact, redact_text, redact_yaml_file, run_name)
+from harness.analysis import record_from_summary
+from harness.telemetry import REDACTED, Tracker
+from tests.helpers import ROOT
+from tests.telemetry.conftest import HF_TOKEN
+from tests.telemetry.wandb_offline import read_offline_run
+
+pytestmark = pytest.mark.usefixtures("wandb_env")
 
 WANDB_OFFLINE = {"name": "wandb", "project": "lora-harness-test", "mode": "offline", "tags": ["ci"]}
-HF_TOKEN = "hf_" + "A1b2C3d4" * 5
-
-
-@pytest.fixture(autouse=True)
-def wandb_env(monkeypatch, tmp_path):
-    """Keep wandb quiet, off the network and out of the home directory."""
-    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_DIR", "WANDB_PROJECT",
-                "WANDB_ENTITY", "WANDB_RUN_GROUP", "WANDB_TAGS", "WANDB_NAME", "WANDB_JOB_TYPE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
-    for var, sub in (("WANDB_CONFIG_DIR", "config"), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"),
-                     ("XDG_CACHE_HOME", "xdg_cache")):  # wandb-core's own debug logs
-        monkeypatch.setenv(var, str(tmp_path / "wandb_home" / sub))
-    monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
 
 
 def offline_run_of(tracker):
@@ -162,12 +152,12 @@ def test_disabled_and_none_write_only_metrics_jsonl(tmp_path, logger_cfg):
 
 def test_logger_none_never_imports_wandb(tmp_path):
     code = (
-        "import sys; from pathlib import Path; from harness.tracking import Tracker\n"
+        "import sys; from pathlib import Path; from harness.telemetry import Tracker\n"
         f"t = Tracker.start({{'name': 'none'}}, Path({str(tmp_path)!r}), 'full-seed0', None, 'full', {{}})\n"
         "t.log({'train/loss': 1.0}, step=1); t.finish({'status': 'completed'})\n"
         "assert 'wandb' not in sys.modules, 'wandb was imported'\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     assert read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 1, "train/loss": 1.0}]
 
 
@@ -177,7 +167,7 @@ def test_online_without_server_falls_back_to_offline(tmp_path, monkeypatch, capl
     if api_key:
         monkeypatch.setenv("WANDB_API_KEY", api_key)
     t0 = time.monotonic()
-    with caplog.at_level(logging.WARNING, logger="harness.tracking"):
+    with caplog.at_level(logging.WARNING, logger="harness.telemetry"):
         tracker = Tracker.start({**WANDB_OFFLINE, "mode": "online", "init_timeout": 3}, tmp_path,
                                 "full-seed0", "g", "full", {"seed": 0})
     assert time.monotonic() - t0 < 20
@@ -198,7 +188,7 @@ class _BrokenRun:
 
 def test_wandb_failures_only_warn(tmp_path, caplog):
     tracker = Tracker(tmp_path, run=_BrokenRun(), mode="online")
-    with caplog.at_level(logging.WARNING, logger="harness.tracking"):
+    with caplog.at_level(logging.WARNING, logger="harness.telemetry"):
         tracker.log({"train/loss": 1.0}, step=1)
         tracker.finish({"status": "completed"})
     assert "W&B log failed" in caplog.text and "W&B finish failed" in caplog.text
@@ -222,7 +212,7 @@ def test_log_rejects_step_inside_metrics(tmp_path):
 
 
 def test_conf_logger_files_load(tmp_path):
-    conf = Path(__file__).parents[1] / "conf" / "logger"
+    conf = ROOT / "conf" / "logger"
     wandb_cfg = OmegaConf.load(conf / "wandb.yaml")
     fields = (wandb_cfg.name, wandb_cfg.project, wandb_cfg.mode, wandb_cfg.dir, wandb_cfg.group)
     assert fields == ("wandb", "lora-harness", "offline", None, None)
@@ -230,92 +220,6 @@ def test_conf_logger_files_load(tmp_path):
     tracker = Tracker.start(OmegaConf.merge(wandb_cfg, {"mode": "disabled"}), tmp_path, "x", None, "lora", {})
     assert tracker.mode == "disabled"
     tracker.finish({"status": "completed"})
-
-
-@pytest.mark.parametrize("method, seed, expected", [
-    ({"name": "lora", "r": 8, "alpha": 16, "target_modules": ["query", "value"]}, 0, "lora-r8-a16-qv-seed0"),
-    ({"name": "lora", "r": 4, "alpha": 8.0, "target_modules": ["value", "query", "key", "dense"]}, 2,
-     "lora-r4-a8-qkvo-seed2"),
-    ({"name": "lora", "r": 16, "alpha": 0.5, "target_modules": ["q_proj", "o_proj", "gate_proj", "up_proj"]}, 1,
-     "lora-r16-a0.5-qo+gate_proj+up_proj-seed1"),
-    ({"name": "lora", "r": 2, "alpha": 4, "target_modules": ["out_proj"]}, 0, "lora-r2-a4-o-seed0"),
-    ({"name": "lora", "r": 8, "alpha": 16, "target_modules": "all-linear"}, 0, "lora-r8-a16-all-seed0"),
-    ({"name": "lora", "r": 8, "alpha": 16, "target_modules": ["intermediate"]}, 0, "lora-r8-a16-intermediate-seed0"),
-    ({"name": "full", "lr": 2e-5}, 3, "full-seed3"),
-])
-def test_run_name(method, seed, expected):
-    assert run_name(method, seed) == expected
-    assert run_name(OmegaConf.create(method), seed) == expected
-
-
-def test_run_name_with_lr_and_bad_method():
-    assert run_name({"name": "full", "lr": 5e-4}, 0, include_lr=True) == "full-lr0.0005-seed0"
-    with pytest.raises(ValueError, match=r"method.name must be one of \('lora', 'full'\), got 'ia3'"):
-        run_name({"name": "ia3"}, 0)
-    with pytest.raises(ValueError, match="needs r and alpha"):
-        run_name({"name": "lora", "alpha": 16}, 0)
-
-
-def test_redact():
-    config = OmegaConf.create({
-        "WANDB_API_KEY": "k1", "hub": {"hf_token": "k2", "use_auth_token": True, "token": None},
-        "db": {"password": 123, "Secret": "k3", "private-key": "k4"},
-        "env": [{"name": "x", "value": HF_TOKEN}],  # value of a secret env var, under an innocent key
-        "overrides": ["method.r=8", "+hub.hf_token=abc"],
-        "tokenizer": {"pad_token": "[PAD]", "eos_token": "</s>", "pad_token_id": 0},
-        "train": {"max_tokens": 512, "tokens_per_s": 1.0, "keys": ["query"], "seed": 0},
-    })
-    out = redact(config)
-    assert out == {
-        "WANDB_API_KEY": REDACTED, "hub": {"hf_token": REDACTED, "use_auth_token": True, "token": None},
-        "db": {"password": REDACTED, "Secret": REDACTED, "private-key": REDACTED},
-        "env": [{"name": "x", "value": REDACTED}],
-        "overrides": ["method.r=8", f"+hub.hf_token={REDACTED}"],
-        "tokenizer": {"pad_token": "[PAD]", "eos_token": "</s>", "pad_token_id": 0},
-        "train": {"max_tokens": 512, "tokens_per_s": 1.0, "keys": ["query"], "seed": 0},
-    }
-    assert type(out) is dict and type(out["overrides"]) is list  # plain containers, ready for JSON
-
-
-def test_redact_text_inside_strings(monkeypatch):
-    monkeypatch.setenv("MY_SERVICE_TOKEN", "plain-secret-123")  # a secret env var by its name
-    monkeypatch.setenv("SHORT_TOKEN", "abc")  # too short to search for inside strings
-    line = (f"#0 : seed=0 +model.token=xyz123 +db.password=hunter2 use_auth_token=true pad_token=[PAD] "
-            f"url=https://u:plain-secret-123@host dirname=seed=0,+hub.api_key=k9,method.r=8 abc {HF_TOKEN}x")
-    assert redact_text(line) == (
-        f"#0 : seed=0 +model.token={REDACTED} +db.password={REDACTED} use_auth_token=true pad_token=[PAD] "
-        f"url=https://u:{REDACTED}@host dirname=seed=0,+hub.api_key={REDACTED},method.r=8 abc {REDACTED}x")
-
-
-def test_log_records_are_redacted_whatever_handler_writes_them(tmp_path):
-    install_secret_redaction()
-    install_secret_redaction()  # idempotent: one factory, not two stacked
-    assert logging.getLogRecordFactory().redacts_secrets
-    logger = logging.getLogger("test_secret_redaction")
-    handler = logging.FileHandler(tmp_path / "job.log")  # made after the install, as Hydra's are
-    logger.addHandler(handler)
-    try:
-        logger.warning("overrides: %s", ["+model.token=abc123", "seed=0"])
-        try:
-            raise ValueError(f"bad token {HF_TOKEN}")
-        except ValueError:
-            logger.exception("failed")
-    finally:
-        logger.removeHandler(handler)
-        handler.close()
-    text = (tmp_path / "job.log").read_text()
-    assert "abc123" not in text and HF_TOKEN not in text
-    assert f"overrides: ['+model.token={REDACTED}', 'seed=0']" in text and f"ValueError: bad token {REDACTED}" in text
-
-
-def test_redact_yaml_file_keeps_interpolations(tmp_path):
-    path = tmp_path / "config.yaml"
-    path.write_text(f"model:\n  token: abc\n  name: ${{oc.env:USER}}\noverrides:\n- +model.token={HF_TOKEN}\n- seed=0\n")
-    assert redact_yaml_file(path)
-    assert OmegaConf.to_container(OmegaConf.load(path)) == {
-        "model": {"token": REDACTED, "name": "${oc.env:USER}"}, "overrides": [f"+model.token={REDACTED}", "seed=0"]}
-    assert not redact_yaml_file(path)  # nothing left to redact: not rewritten
-
 
 def test_rewind_drops_later_rows_and_a_torn_last_line(tmp_path):
     tracker = Tracker.start({"name": "none"}, tmp_path, "x", None, "lora", {})
@@ -327,35 +231,3 @@ def test_rewind_drops_later_rows_and_a_torn_last_line(tmp_path):
     assert read_jsonl(tracker.metrics_path) == [{"step": 1, "train/loss": 1.0}, {"step": 2, "train/loss": 0.5}]
     tracker.log({"train/loss": 0.25}, step=3)
     assert [r["step"] for r in read_jsonl(tracker.metrics_path)] == [1, 2, 3]
-
-
-def test_secrets_stay_out_of_every_file_of_a_sweep(tiny_model_dir, tmp_path, monkeypatch):
-    """A token, a password and a secret env var's value given on the command line: none of them in
-    any file of the sweep folder (Hydra's, the record, the log, W&B's offline run) or on the console,
-    whether the job completes (`model.token` is a real setting) or fails validation (`hub_password`
-    and `auth` are not model settings: the job fails with one line, its record and W&B run written)."""
-    from tests.helpers import read_record, run_cli
-
-    token, password, env_secret = "hf_" + "Zy9" * 12, "s3cr3t-Pa55word-42", "env-only-secret-7781"
-    monkeypatch.setenv("MY_SERVICE_TOKEN", env_secret)
-    runs = {"completed": (0, [f"+model.token={token}"]),
-            "failed": (1, [f"+model.token={token}", f"+model.hub_password={password}",
-                           "+model.auth=${oc.env:MY_SERVICE_TOKEN}"])}
-    for status, (code, secrets) in runs.items():
-        sweep = tmp_path / status
-        proc = run_cli(tiny_model_dir, sweep, *secrets, "logger=wandb", "logger.mode=offline",
-                       "trainer.save_model=false", "task.limit_train=16", multirun=True)
-        assert proc.returncode == code, proc.stderr[-3000:]
-        (job,) = [p.parent for p in sweep.glob("*/results.json")]
-        rec = read_record(job)
-        assert rec["status"] == status and f"+model.token={REDACTED}" in rec["sweep"]["overrides"]
-        assert rec["config"]["model"]["token"] == REDACTED
-        if status == "failed":
-            assert rec["config"]["model"]["auth"] == REDACTED and "not a model setting" in rec["error"]
-        files = [p for p in sweep.rglob("*") if p.is_file()]
-        assert {".hydra/hydra.yaml", "multirun.yaml", "train.log", "results.json"} <= {
-            p.relative_to(job if job in p.parents else sweep).as_posix() for p in files}
-        assert any(p.suffix == ".wandb" for p in files)
-        for secret in (token, password, env_secret):
-            assert [str(p) for p in files if secret.encode() in p.read_bytes()] == [], secret
-            assert secret not in str(job) and secret not in proc.stdout + proc.stderr
