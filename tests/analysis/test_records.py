@@ -1,7 +1,6 @@
 """harness.analysis.records: loading results.json and W&B runs, one flattened row per run
 (numbers: tests/analysis/sweeps.py)."""
 
-
 import pytest
 
 from harness import analysis as A
