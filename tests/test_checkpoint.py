@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from harness import checkpoint
-from harness.tracking import read_offline_run
 from tests.helpers import ROOT, TINY_RUN, cli_env, metrics_rows, read_record, run_cli
+from tests.telemetry.wandb_offline import read_offline_run
 
 # Slow enough to interrupt: an evaluation after every one of 2 x 12 steps, dropout on (RNG state
 # matters), checkpoints every 4 steps (step 12 is an epoch boundary).

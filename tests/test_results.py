@@ -9,7 +9,7 @@ import json
 
 from harness.results import (ATTEMPTS, CURVE, FAILED, RESULTS, Attempt, finish_attempt, fresh_attempt, read_results,
                              write_results)
-from harness.tracking import REDACTED
+from harness.telemetry import REDACTED
 
 TOKEN = "hf_" + "Xy7" * 12
 

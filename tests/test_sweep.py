@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from harness.tracking import read_offline_run
 from tests.helpers import TINY_RUN, read_record, run_cli
+from tests.telemetry.wandb_offline import read_offline_run
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:

@@ -33,7 +33,7 @@ def test_report_folder_has_page_tables_and_every_figure(tmp_path):
     assert page.count('<table class="results">') == 3  # summary, Table 2 layout, Table 6 layout
     assert "Methods × tasks (LoRA paper Table 2 layout)" in page and "Target modules × rank" in page
     assert "Main metric: accuracy on the test split, final weights." in page
-    assert "<strong>0.8300 ± 0.0361</strong>" in page  # r=8 on the test split (tests/test_table.py)
+    assert "<strong>0.8300 ± 0.0361</strong>" in page  # r=8 on the test split (tests/analysis/sweeps.py)
     assert "Task metrics: test split, final weights." in page  # every table's caption
     assert "9_lora-r8-qv-seed3</code>: failed: FloatingPointError" in page
     assert "2_lora-r4-qkvd-seed2</code>: preempted" in page
