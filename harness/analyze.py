@@ -163,6 +163,7 @@ def similarity_rows(lora_runs, pattern) -> list[dict]:
 
 
 def plot_similarity(rows: list[dict], out: Path) -> dict[str, Path]:
+    """One figure per pair of runs, one heatmap panel per selected layer (the paper's Figures 3-4)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -172,18 +173,19 @@ def plot_similarity(rows: list[dict], out: Path) -> dict[str, Path]:
     if not rows:
         return paths
     frame = pd.DataFrame(rows)
-    for n, ((r1, r2, layer), part) in enumerate(frame.groupby(["run_1", "run_2", "layer"], sort=True)):
-        grid = part.pivot(index="i", columns="j", values="phi")
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        im = ax.imshow(grid.values, vmin=0, vmax=1, cmap="viridis", aspect="auto",
-                       extent=(0.5, grid.shape[1] + 0.5, grid.shape[0] + 0.5, 0.5))
-        ax.set_xlabel(f"j ({r2})")
-        ax.set_ylabel(f"i ({r1})")
-        ax.set_title(f"phi, {layer.split('.', 1)[-1]}", fontsize=9)
-        fig.colorbar(im, ax=ax)
-        fig.tight_layout()
+    for n, ((r1, r2), pair) in enumerate(frame.groupby(["run_1", "run_2"], sort=True)):
+        layers = sorted(pair["layer"].unique())
+        fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.2), squeeze=False)
+        for ax, layer in zip(axes[0], layers):
+            grid = pair[pair["layer"] == layer].pivot(index="i", columns="j", values="phi")
+            im = ax.imshow(grid.values, vmin=0, vmax=1, cmap="viridis", aspect="auto",
+                           extent=(0.5, grid.shape[1] + 0.5, grid.shape[0] + 0.5, 0.5))
+            ax.set_xlabel(f"j ({r2})")
+            ax.set_ylabel(f"i ({r1})")
+            ax.set_title(layer.split(".", 1)[-1], fontsize=8)
+        fig.colorbar(im, ax=axes[0].tolist())
         path = out / f"similarity_{n}.png"
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=110)
         plt.close(fig)
         paths[f"similarity_{n}"] = path
     return paths
