@@ -129,8 +129,10 @@ def analyze(run_dirs: list[Path], out: Path, layers: str = DEFAULT_LAYERS, fract
             spectra.append({**info, "layer": layer, **row})
             s = lowrank.singular_values(dw)
             values += [{**info, "layer": layer, "index": i + 1, "singular_value": float(v)} for i, v in enumerate(s)]
-            if pattern.fullmatch(layer):
+            if pattern.fullmatch(layer) and bool(dw.any()):  # an unchanged layer has no directions
                 for r in ((info["r"],) if info["r"] else full_ranks):
+                    if r >= min(dw.shape):
+                        continue  # all of W's directions: ||U^T W V^T||_F = ||W||_F, nothing to compare
                     amp.append({**info, "layer": layer, **lowrank.amplification(w0, dw, r)})
     paths = {"spectra": out / "spectra.csv", "singular_values": out / "singular_values.csv",
              "amplification": out / "amplification.csv", "similarity": out / "similarity.csv"}
@@ -141,7 +143,51 @@ def analyze(run_dirs: list[Path], out: Path, layers: str = DEFAULT_LAYERS, fract
     pd.DataFrame(sims).to_csv(paths["similarity"], index=False)
     paths.update(plot_similarity(sims, out))
     paths["spectra_png"] = plot_spectra(pd.DataFrame(values), pattern, out)
+    paths["summary"] = out / "summary.md"
+    paths["summary"].write_text(summary(pd.DataFrame(spectra), pd.DataFrame(sims), pd.DataFrame(amp), pattern, fraction))
     return paths
+
+
+def _markdown(frame: pd.DataFrame, digits: int = 3) -> str:
+    def cell(v):
+        return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + " --- |" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def summary(spectra: pd.DataFrame, sims: pd.DataFrame, amp: pd.DataFrame, pattern, fraction: float) -> str:
+    """The study's three tables: effective ranks, top-block subspace similarity, Table 7's projections."""
+    rank = f"energy_rank_{round(fraction * 100)}"
+    parts = [f"# Low-rank analysis\n\nLayers selected for similarity and amplification: `{pattern.pattern}`."]
+    if not spectra.empty:
+        spectra = spectra.assign(selected=spectra["layer"].map(lambda n: bool(pattern.fullmatch(n))))
+        rows = []
+        for (label, selected), part in spectra.groupby(["label", "selected"], sort=True):
+            rows.append({"run": label, "layers": "selected" if selected else "other", "n layers": len(part),
+                         "max rank": int(part["max_rank"].max()),
+                         f"{rank} mean": float(part[rank].mean()), f"{rank} range": f"{part[rank].min()}-{part[rank].max()}",
+                         "entropy rank mean": float(part["entropy_rank"].mean()),
+                         "||dW||_F mean": float(part["frobenius"].mean())})
+        parts.append(f"## Effective rank of dW (energy: {fraction:.0%} of ||dW||_F^2; entropy: Roy & Vetterli)\n\n"
+                     + _markdown(pd.DataFrame(rows)))
+    if not sims.empty:
+        rows = []
+        for (r1, r2, layer), part in sims.groupby(["run_1", "run_2", "layer"], sort=True):
+            k = int(part["i"].max())  # the smaller run's rank: the top k x k block
+            block = part[part["j"] <= k]
+            rows.append({"run 1": r1, "run 2": r2, "layer": layer.split(".", 1)[-1],
+                         "phi(1,1)": float(part[(part.i == 1) & (part.j == 1)]["phi"].iloc[0]),
+                         f"mean phi, i,j <= {k}": float(block["phi"].mean()),
+                         "random baseline": float(block["random"].mean())})
+        parts.append("## Subspace similarity phi(A1, A2, i, j) of the top right-singular vectors\n\n"
+                     + _markdown(pd.DataFrame(rows)))
+    if not amp.empty:
+        cols = ["label", "layer", "r", "dw_norm", "w_norm", "proj_dw", "proj_w", "proj_random", "amplification"]
+        table = amp[cols].assign(layer=amp["layer"].map(lambda n: n.split(".", 1)[-1]))
+        parts.append("## ||U^T W V^T||_F along dW's top-r directions, W's own and random ones (LoRA paper Table 7)\n\n"
+                     + _markdown(table))
+    return "\n\n".join(parts) + "\n"
 
 
 def similarity_rows(lora_runs, pattern) -> list[dict]:

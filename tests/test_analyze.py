@@ -86,13 +86,18 @@ def test_analyze_recovers_the_updates_and_writes_every_table(runs, tmp_path):
     assert (sim.random == sim[["i", "j"]].max(axis=1) / 32).all()
     # amplification: LoRA at its own r, full FT at each --full-ranks value, on the selected layers only
     amp = pd.read_csv(paths["amplification"])
-    assert set(amp[amp.method == "full"].r) == {2, 64} and set(amp[amp.method == "lora"].r) == {4, 8}
+    # r=64 >= the 32-wide layer: left out (it would project on all of W); the unchanged value layer too
+    assert set(amp[amp.method == "full"].r) == {2} and set(amp[amp.method == "lora"].r) == {4, 8}
+    assert set(amp[amp.method == "full"].layer) == {LAYER}
     # at the change's own rank the float32 round trip's noise (~1e-7 |W|) does not move dW's top directions
     row = amp[(amp.run == "full") & (amp.layer == LAYER) & (amp.r == 2)].iloc[0]
     w0 = load_model(OmegaConf.create(model_cfg(runs["full"][0].parent / "base")), "classification",
                     num_labels=2).get_submodule(LAYER).weight.double()
     assert row.amplification == pytest.approx(lowrank.amplification(w0, runs["full"][1], 2)["amplification"], rel=1e-4)
     assert "similarity_1" not in paths  # one figure for the one pair, a panel per layer
+    text = paths["summary"].read_text()
+    assert "| LoRA r=4 seed 0 | LoRA r=8 seed 1 | encoder.layer.1.attention.self.query |" in text
+    assert text.count("\n| full FT seed 0 | 1.attention") == 0 and "| full FT seed 0 | encoder.layer.1.attention.self.query | 2 |" in text
     for name in ("similarity_0", "spectra_png"):
         assert paths[name].stat().st_size > 1000
 
