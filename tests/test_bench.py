@@ -147,6 +147,7 @@ def test_default_sweep_quick(tmp_path):
     rec = json.loads((tmp_path / "default_sweep.json").read_text())
     harness, bare = rec["raw"]["harness"][0], rec["raw"]["bare"][0]
     assert len(harness["accuracy"]) == 4 and harness["accuracy"] == bare["accuracy"]
+    assert harness["test_accuracy"] == bare["test_accuracy"]  # both score the test split too
     assert harness["loss"] == pytest.approx(bare["loss"], rel=1e-5)
     assert len(set(harness["loss"])) == 4  # four different jobs
     assert harness["wall_s"] > 0 and bare["wall_s"] > 0
