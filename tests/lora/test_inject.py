@@ -51,7 +51,8 @@ def test_all_linear_on_llama_excludes_lm_head(tiny_llama):
 
 
 def test_all_linear_on_bert_excludes_classifier_and_modules_to_save(tiny_bert):
-    names = apply_lora(tiny_bert, LoraConfig(r=2, alpha=4, target_modules="all-linear", modules_to_save=["classifier", "pooler"]))
+    names = apply_lora(tiny_bert, LoraConfig(r=2, alpha=4, target_modules="all-linear",
+                                             modules_to_save=["classifier", "pooler"]))
     assert len(names) == 12  # 2 layers x (query, key, value, attn out, intermediate, out)
     assert not any("pooler" in n or "classifier" in n for n in names)
     assert all(p.requires_grad for p in tiny_bert.bert.pooler.parameters())
@@ -61,8 +62,10 @@ def test_all_linear_on_bert_excludes_classifier_and_modules_to_save(tiny_bert):
 def test_query_value_default_resolves_per_model_family(tiny_bert, tiny_llama, tiny_gpt2):
     assert apply_lora(tiny_bert, LoraConfig()) == BERT_QV
     assert tiny_bert.lora_config.target_modules == ("query", "value")  # what adapter_config.json records
-    assert apply_lora(tiny_llama, LoraConfig()) == [f"model.layers.{i}.self_attn.{m}" for i in (0, 1) for m in ("q_proj", "v_proj")]
-    assert apply_lora(tiny_gpt2, LoraConfig()) == ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]  # fused q, k, v
+    assert apply_lora(tiny_llama, LoraConfig()) == [f"model.layers.{i}.self_attn.{m}" for i in (0, 1)
+                                                    for m in ("q_proj", "v_proj")]
+    # fused q, k, v
+    assert apply_lora(tiny_gpt2, LoraConfig()) == ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]
     # An explicit list always wins over the family default.
     bert = tiny.tiny_bert()
     assert apply_lora(bert, LoraConfig(target_modules=["key"])) == [n.replace("value", "key") for n in BERT_QV[1::2]]
@@ -85,8 +88,8 @@ def test_regex_and_suffix_targets(tiny_bert, tiny_llama):
 
 
 def test_rank_and_alpha_patterns(tiny_bert):
-    apply_lora(tiny_bert, LoraConfig(r=4, alpha=8, rank_pattern={"layer.0.attention.self.query": 2, r".*layer\.1\..*value": 6},
-               alpha_pattern={"value": 48}))
+    apply_lora(tiny_bert, LoraConfig(r=4, alpha=8, alpha_pattern={"value": 48},
+                                     rank_pattern={"layer.0.attention.self.query": 2, r".*layer\.1\..*value": 6}))
     got = {n: (m.r, m.scaling, tuple(m.lora_A.weight.shape)) for n, m in lora_layers(tiny_bert).items()}
     assert got == {
         "bert.encoder.layer.0.attention.self.query": (2, 4.0, (2, 32)),  # alpha 8 / r 2
