@@ -31,10 +31,9 @@ import torch
 from omegaconf import OmegaConf
 
 from harness import lowrank
-from harness.lora import lora_config_from_peft, read_adapter
+from harness.lora import PREFIX, lora_config_from_peft, read_adapter
 from harness.models import load_model
 
-PREFIX = "base_model.model."
 DEFAULT_LAYERS = r".*\.3\.attention\.self\.(query|value)"  # q and v of MiniLM-L6's middle layer
 
 
