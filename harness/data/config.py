@@ -1,5 +1,5 @@
 """The task config: the fields of conf/task/<name>.yaml, typed, and every check that can run before
-a file is read (kinds, sources, columns, labels, metric names, data files on disk).
+a file is read (kinds, sources, column and label names, metric names, data files on disk).
 
 A bad value fails here, at start, with one line naming the key, the value and what is allowed.
 """
