@@ -106,7 +106,7 @@ def child_arm(kind: str, jobs: list[tuple[int, int]], peft_path: str | None, qui
 
 def load_task(seed: int, quick: bool, group_by_length: bool | None = None):
     from harness.models import load_tokenizer
-    from harness.tasks import build_task
+    from harness.data import build_task
 
     overrides = {"limit_train": N_TRAIN, "limit_eval": N_EVAL}
     if group_by_length is not None:

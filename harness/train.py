@@ -49,7 +49,7 @@ from harness.models import base_checkpoint, load_model, load_tokenizer
 from harness.results import (Attempt, finish_attempt, fresh_attempt, git_state, new_run_id, next_attempt,
                              read_results, versions, write_results)
 from harness.scoring import evaluate_model, generate_samples, loss_items, summed_loss
-from harness.tasks import build_task
+from harness.data import build_task
 from harness.tracking import Tracker, install_secret_redaction, redact, redact_text, redact_yaml_file, run_name
 
 log = logging.getLogger("harness")

@@ -19,7 +19,7 @@ from harness import measure, table
 from harness.lora import LoraConfig, apply_lora
 from harness.measure import CudaPeaks, StepTimer, model_flops, peak_bf16_flops
 from harness.scoring import loss_items, summed_loss
-from harness.tasks import Collator
+from harness.data import Collator
 from harness.tracking import read_offline_run
 from harness.train import accumulate_gradients
 from tests.helpers import ROOT, TINY_RUN, cli_env, metrics_rows, read_record, run_cli
@@ -91,7 +91,7 @@ def test_a_sweep_job_killed_outright_is_recorded_and_the_sweep_goes_on(tiny_mode
 def test_step_time_includes_fetching_and_collating_the_batches(tiny_model_dir, tmp_path):
     # 0.2 s per collated batch, 2 micro-batches per step: the data path is >= 0.4 s of every step.
     # Fetched before the clock started, as before, the tiny model's step would read ~0.02 s.
-    patch = ("import time, harness.tasks as t\n_call = t.Collator.__call__\n"
+    patch = ("import time, harness.data as t\n_call = t.Collator.__call__\n"
              "t.Collator.__call__ = lambda self, ex: (time.sleep(0.2), _call(self, ex))[1]")
     run_dir = tmp_path / "slow"
     proc = run_patched(patch, f"model.name_or_path={tiny_model_dir}", *TINY_RUN, "trainer.batch_size=4",
@@ -181,7 +181,7 @@ def test_peak_flops_table_and_mfu_definition():
 def _tiny_run_task(tiny_model_dir):
     from omegaconf import OmegaConf
 
-    from harness.tasks import build_task
+    from harness.data import build_task
 
     cfg = OmegaConf.load(ROOT / "conf" / "task" / "rotten_tomatoes.yaml")
     cfg.limit_train, cfg.limit_eval = 96, 32

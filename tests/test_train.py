@@ -151,8 +151,8 @@ def test_test_split_is_scored_with_the_final_and_the_best_validation_weights(tin
     from omegaconf import OmegaConf
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from harness.data import build_task
     from harness.lora import load_adapter
-    from harness.tasks import build_task
 
     run_dir = tmp_path / "run"
     proc = run_cli(tiny_model_dir, run_dir, "trainer.select_best=true", "trainer.eval_every=3",
