@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 
 from bench import common
-from harness.adapters import AdapterBank, load_adapter, save_adapter
-from harness.lora import lora_layers, merge_lora
+from harness.lora import AdapterBank, load_adapter, lora_layers, merge_lora, save_adapter
 from harness.models import load_model, load_tokenizer
 
 KINDS = {"q+v r=8": {"target_modules": ["query", "value"], "r": 8, "alpha": 16},

@@ -288,7 +288,7 @@ def packed_batches(tokenizer, batch_size: int, seq_len: int, n: int, seed: int =
     """`n` batches of (batch_size, seq_len) token ids cut from the concatenated Rotten Tomatoes train
     reviews ([CLS] review [SEP] [CLS] review [SEP] ...): real text with no padding, so every
     position is a real token and a sequence length is exactly the compute it names."""
-    from harness.tasks import build_task
+    from harness.data import build_task
 
     task = build_task(task_config(), tokenizer, seed=seed)
     need = n * batch_size * seq_len

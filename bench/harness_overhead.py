@@ -146,7 +146,7 @@ def main(argv=None) -> None:
     steps = n_train // batch_size
     model_cfg = common.model_config(args.quick)
     from harness.models import load_tokenizer
-    from harness.tasks import build_task
+    from harness.data import build_task
 
     task = build_task(common.task_config(limit_train=n_train, limit_eval=64), load_tokenizer(model_cfg), seed=0)
     batches = task.train_batches(batch_size, 0, 0)

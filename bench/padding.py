@@ -51,7 +51,7 @@ def main(argv=None) -> None:
         args.steps, args.warmup, args.batch = 2, 1, 4
     model_cfg = common.model_config(args.quick)
     from harness.models import load_tokenizer
-    from harness.tasks import build_task
+    from harness.data import build_task
 
     task = build_task(common.task_config(limit_train=256 if args.quick else None), load_tokenizer(model_cfg), seed=0)
     batches = strategies(task, args.batch)

@@ -235,7 +235,7 @@ TOP_LEVEL = ("model", "task", "method", "trainer", "logger", "seed", "resume", "
 def validate(cfg: DictConfig) -> tuple[MethodConfig, TrainerConfig]:
     """Check every group of the composed config (nothing is loaded but config.json files); return
     the typed method and trainer settings. The first bad value raises ConfigError, one line."""
-    from harness.tasks import TaskConfig
+    from harness.data import TaskConfig
     from harness.telemetry import LoggerSettings
 
     unknown = [k for k in cfg if k not in TOP_LEVEL]
@@ -338,7 +338,7 @@ def check_overrides(argv: list[str], config_dir: Path = CONF_DIR, config_name: s
 
 def _group_schema(group: str) -> type | None:
     """The dataclass a config group is checked against (see validate), None for free-form nodes."""
-    from harness.tasks import TaskConfig
+    from harness.data import TaskConfig
     from harness.telemetry import LoggerSettings
 
     return {"model": ModelConfig, "task": TaskConfig, "method": MethodConfig, "trainer": TrainerConfig,

@@ -1,48 +1,26 @@
 """Scoring: evaluation loss plus the task's metrics, and greedy generations for causal LMs.
 
-Metrics are `evaluate` modules kept in harness/metrics/ and loaded by path: `evaluate.load` on a
-local file works offline, the hub names ("accuracy", "glue") do not. The loss is computed here from
-the logits, not taken from the model, so LoRA-wrapped and plain models are scored by the same code:
+Metrics are `evaluate` modules kept in harness/metrics/ and loaded by path (`harness.metrics`):
+`evaluate.load` on a local file works offline, the hub names ("accuracy", "glue") do not. The loss
+is computed here from the logits, not taken from the model, so LoRA-wrapped and plain models are
+scored by the same code:
 - classification: mean cross-entropy per example; predictions = argmax of the logits.
 - regression: mean squared error per example (what HF's regression head trains on); predictions =
   the single logit.
-- causal_lm: mean cross-entropy per response token (labels -100 elsewhere), next-token shifted;
-  perplexity = exp(loss).
+- causal_lm: mean cross-entropy per response token (labels IGNORE_INDEX elsewhere), next-token
+  shifted; perplexity = exp(loss).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from harness.tasks import IGNORE_INDEX, TaskData, encode_prompt, end_token_id, pad_token_id
-
-METRICS_DIR = Path(__file__).parent / "metrics"
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def available_metrics() -> list[str]:
-    return sorted(p.stem for p in METRICS_DIR.glob("*.py") if not p.stem.startswith("_"))
-
-
-@functools.cache
-def load_metric(name: str):
-    """The evaluate module harness/metrics/<name>.py, loaded once per process.
-
-    keep_in_memory: predictions stay in RAM instead of evaluate's Arrow cache files, so parallel
-    sweep jobs never contend for the same files. (`import evaluate` costs ~3 s once: it imports
-    transformers.pipelines.)
-    """
-    if name not in available_metrics():
-        raise ValueError(f"unknown metric {name!r}; available: {available_metrics()}")
-    import evaluate
-
-    return evaluate.load(str(METRICS_DIR / f"{name}.py"), keep_in_memory=True)
+from harness.data import IGNORE_INDEX, MODEL_INPUTS, TaskData, encode_prompt, end_token_id, pad_token_id
+from harness.metrics import load_metric
 
 
 def _logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -54,7 +32,7 @@ def _logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def summed_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The loss summed over its items (float32): examples for classification / regression, response
-    tokens for causal_lm (token t predicts token t+1; labels -100 count nothing).
+    tokens for causal_lm (token t predicts token t+1; labels IGNORE_INDEX count nothing).
 
     Summed, not averaged, so that training can divide by the item count of a whole optimizer step
     (gradient accumulation then weighs every item alike, however the micro-batches split them).

@@ -41,13 +41,15 @@ def tiny_gpt2(vocab_size: int = VOCAB, seed: int = 0, **config):
 
 
 def tiny_llama(vocab_size: int = VOCAB, max_position_embeddings: int = 64, intermediate_size: int = 37,
-               seed: int = 0, **config):
-    """Llama causal LM with grouped-query attention (k/v_proj 32 -> 16) and an untied lm_head."""
+               num_key_value_heads: int = 2, seed: int = 0, **config):
+    """Llama causal LM with grouped-query attention (k/v_proj 32 -> 16; num_key_value_heads=4 for plain
+    multi-head attention) and an untied lm_head."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, intermediate_size=intermediate_size, num_key_value_heads=2,
-                      max_position_embeddings=max_position_embeddings, **{**WIDTH, **config})
+    cfg = LlamaConfig(vocab_size=vocab_size, intermediate_size=intermediate_size,
+                      num_key_value_heads=num_key_value_heads, max_position_embeddings=max_position_embeddings,
+                      **{**WIDTH, **config})
     return LlamaForCausalLM(cfg).eval()
 
 

@@ -41,16 +41,15 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from harness import checkpoint
-from harness.adapters import save_adapter
 from harness.config import ConfigError, MethodConfig, TrainerConfig, check_overrides, validate
-from harness.lora import apply_lora, count_parameters, trainable_state_bytes
+from harness.lora import apply_lora, count_parameters, save_adapter, trainable_state_bytes
 from harness.telemetry import (CudaPeaks, StepTimer, memory_row, memory_summary, model_flops, peak_bf16_flops,
                                release_cuda_memory, reset_peak_rss)
 from harness.models import base_checkpoint, load_model, load_tokenizer
 from harness.results import (Attempt, finish_attempt, fresh_attempt, git_state, new_run_id, next_attempt,
                              read_results, versions, write_results)
 from harness.scoring import evaluate_model, generate_samples, loss_items, summed_loss
-from harness.tasks import build_task
+from harness.data import build_task
 from harness.telemetry import Tracker, install_secret_redaction, redact, redact_text, redact_yaml_file, run_name
 
 log = logging.getLogger("harness")
@@ -114,7 +113,7 @@ def prepare_model(cfg: DictConfig, method: MethodConfig, model: torch.nn.Module)
         return []
     lora = method.lora_config(head_modules=cfg.model.get("head_modules") or ())
     try:
-        return apply_lora(model, **asdict(lora))
+        return apply_lora(model, lora)
     except ValueError as e:  # a target / modules_to_save / pattern that this model does not have
         raise ConfigError(f"method.{e}") from None
 

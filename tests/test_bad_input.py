@@ -25,7 +25,7 @@ from hydra import compose, initialize_config_dir
 
 from harness.config import check_overrides, validate
 from harness.models import load_model, load_tokenizer
-from harness.tasks import build_task
+from harness.data import build_task
 from harness.train import job_run_name, prepare_model
 from tests.helpers import ROOT, cli_env
 

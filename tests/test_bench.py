@@ -10,7 +10,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from bench import (adapter_switch, common, default_sweep, harness_overhead, lora_layer, merged_inference, padding, sweep_overhead,
                    train_step)
-from harness.lora import LoraLinear, apply_lora
+from harness.lora import LoraConfig, LoraLinear, apply_lora
 
 
 def test_interleave_rotates_the_order_and_drops_warmup_rounds():
@@ -50,7 +50,7 @@ def test_gemm_flops_and_trainable_state_match_a_hand_count():
     # of the encoder forward + input gradient, heads x3; adapter GEMMs are 4,096 each: A x2 in layer 0 (no
     # input gradient) and x3 in layer 1, B x3
     lora = _tiny_bert()
-    apply_lora(lora, r=8, alpha=16, target_modules=["query", "value"], modules_to_save=["classifier", "pooler"])
+    apply_lora(lora, LoraConfig(r=8, alpha=16, target_modules=["query", "value"], modules_to_save=["classifier", "pooler"]))
     expected = 49_152 + 2 * (16_384 + 37_888) + 2 * 103_424 + 3 * (4_096 + 256) + 2 * 20_480 + 2 * 24_576 + 24_576
     assert train_step.gemm_flops(lora, 2, 4) == expected == 492_288
     # trainable: 2 layers x {q, v} x 8 x (32 + 32) adapters + pooler 1,056 + classifier 66; 16 bytes each in fp32
@@ -147,6 +147,7 @@ def test_default_sweep_quick(tmp_path):
     rec = json.loads((tmp_path / "default_sweep.json").read_text())
     harness, bare = rec["raw"]["harness"][0], rec["raw"]["bare"][0]
     assert len(harness["accuracy"]) == 4 and harness["accuracy"] == bare["accuracy"]
+    assert harness["test_accuracy"] == bare["test_accuracy"]  # both score the test split too
     assert harness["loss"] == pytest.approx(bare["loss"], rel=1e-5)
     assert len(set(harness["loss"])) == 4  # four different jobs
     assert harness["wall_s"] > 0 and bare["wall_s"] > 0

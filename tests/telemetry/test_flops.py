@@ -5,7 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertForSequenceClassification
 
-from harness.lora import apply_lora
+from harness.lora import LoraConfig, apply_lora
 from harness.telemetry import StepTimer, model_flops, peak_bf16_flops
 from harness.tiny import tiny_bert, tiny_gpt2
 
@@ -29,7 +29,7 @@ def test_model_flops_match_a_hand_count():
     # LoRA q+v r=8 + pooler/classifier: adapters 2 layers x 2 x 8 x (32 + 32) = 2,048 weights, trainable;
     # the 12,928 base weights frozen (4 FLOPs each: no weight gradient); the heads train (6 each).
     lora = _tiny_bert()
-    apply_lora(lora, r=8, alpha=16, target_modules=["query", "value"], modules_to_save=["classifier", "pooler"])
+    apply_lora(lora, LoraConfig(r=8, alpha=16, target_modules=["query", "value"], modules_to_save=["classifier", "pooler"]))
     f = model_flops(lora)
     assert (f.per_token, f.per_sequence, f.attention) == (4 * (12_928 + 2_048) + 2 * 2_048, 6 * 1_088, 768)
     assert (f.matmul_params, f.trainable_matmul_params) == (16_064, 3_136)

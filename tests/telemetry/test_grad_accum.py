@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from harness.data import Collator
 from harness.scoring import loss_items, summed_loss
-from harness.tasks import Collator
 from harness.tiny import tiny_bert, tiny_llama
 from harness.train import accumulate_gradients
 from tests.helpers import metrics_rows, read_record, run_cli

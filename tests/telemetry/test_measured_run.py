@@ -84,7 +84,7 @@ def test_a_sweep_job_killed_outright_is_recorded_and_the_sweep_goes_on(tiny_mode
 def test_step_time_includes_fetching_and_collating_the_batches(tiny_model_dir, tmp_path):
     # 0.2 s per collated batch, 2 micro-batches per step: the data path is >= 0.4 s of every step.
     # Fetched before the clock started, as before, the tiny model's step would read ~0.02 s.
-    patch = ("import time, harness.tasks as t\n_call = t.Collator.__call__\n"
+    patch = ("import time, harness.data as t\n_call = t.Collator.__call__\n"
              "t.Collator.__call__ = lambda self, ex: (time.sleep(0.2), _call(self, ex))[1]")
     run_dir = tmp_path / "slow"
     proc = run_patched(patch, f"model.name_or_path={tiny_model_dir}", *TINY_RUN, "trainer.batch_size=4",
@@ -102,7 +102,7 @@ def test_step_time_includes_fetching_and_collating_the_batches(tiny_model_dir, t
 def _tiny_run_task(tiny_model_dir):
     from omegaconf import OmegaConf
 
-    from harness.tasks import build_task
+    from harness.data import build_task
 
     cfg = OmegaConf.load(ROOT / "conf" / "task" / "rotten_tomatoes.yaml")
     cfg.limit_train, cfg.limit_eval = 96, 32

@@ -1,4 +1,4 @@
-"""LoRA adapter files in peft's on-disk format; load them back; switch adapters on one base.
+"""LoRA adapter files in peft's on-disk format: what they hold, writing them, reading them back.
 
 A saved adapter is a folder, exactly as peft's `PeftModel.save_pretrained` writes it, so files made
 here load in the tools people serve with (peft, vLLM, TGI):
@@ -36,8 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import warnings
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -45,8 +43,8 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from harness.lora import (LoraConfig, apply_lora, has_lora, in_out_features, lora_layers,
-                          match_modules_to_save, name_matches, plan_lora)
+from harness.lora.config import LoraConfig, name_matches
+from harness.lora.inject import has_lora, lora_layers, match_modules_to_save
 from harness.models import resolve_path
 
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -65,7 +63,7 @@ _PEFT_TASK_HEADS = {"SEQ_CLS": ("classifier", "score"), "TOKEN_CLS": ("classifie
                     "QUESTION_ANS": ("qa_outputs",)}
 
 
-def _config_of(model: nn.Module) -> LoraConfig:
+def lora_config_of(model: nn.Module) -> LoraConfig:
     cfg = getattr(model, "lora_config", None)
     if not isinstance(cfg, LoraConfig) or not has_lora(model):
         raise ValueError(f"{type(model).__name__} has no LoRA adapters; call apply_lora or load_adapter first")
@@ -75,7 +73,7 @@ def _config_of(model: nn.Module) -> LoraConfig:
 def saved_modules(model: nn.Module) -> tuple[str, ...]:
     """modules_to_save as the file records it: the config's entries, plus the task head peft's task
     model expects (see the module docstring) when no entry already covers it."""
-    cfg = _config_of(model)
+    cfg = lora_config_of(model)
     saved = list(cfg.modules_to_save)
     covered = match_modules_to_save(model, saved)
     names = [n for n, _ in model.named_modules() if n]
@@ -89,7 +87,7 @@ def saved_modules(model: nn.Module) -> tuple[str, ...]:
 
 
 def _converts_pissa(model: nn.Module, convert_pissa: bool) -> bool:
-    return _config_of(model).init == "pissa" and convert_pissa
+    return lora_config_of(model).init == "pissa" and convert_pissa
 
 
 def adapter_state_dict(model: nn.Module, convert_pissa: bool = True) -> dict[str, torch.Tensor]:
@@ -154,7 +152,7 @@ def peft_config_dict(model: nn.Module, base_model_name_or_path: str | None = Non
     """adapter_config.json contents: peft's LoraConfig fields, with peft's defaults for those we
     do not use (DoRA, layer selection, LoftQ, Megatron). A converted PiSSA adapter is described as
     the plain rank-2r LoRA it became (see adapter_state_dict)."""
-    cfg = _config_of(model)
+    cfg = lora_config_of(model)
     name = base_model_path(base_model_name_or_path or getattr(getattr(model, "config", None), "_name_or_path", None))
     r, alpha, rank_pattern, alpha_pattern = cfg.r, cfg.alpha, dict(cfg.rank_pattern), dict(cfg.alpha_pattern)
     init = _INIT_TO_PEFT[cfg.init]
@@ -200,7 +198,7 @@ def save_adapter(model: nn.Module, path, base_model_name_or_path: str | None = N
             `config._name_or_path`); `pkg:` names and relative folders are written resolved.
         convert_pissa: False writes a PiSSA adapter as trained (A, B for the residual base, config
             `init_lora_weights: "pissa"`), which only loaders that redo PiSSA's SVD on the same base
-            reproduce (peft, this module); True (default) writes the plain rank-2r LoRA delta.
+            reproduce (peft, load_adapter); True (default) writes the plain rank-2r LoRA delta.
     """
     path = Path(path)
     config = peft_config_dict(model, base_model_name_or_path, convert_pissa)
@@ -263,130 +261,3 @@ def lora_config_from_peft(config: dict, path="adapter") -> LoraConfig:
                           alpha_pattern=config.get("alpha_pattern"))
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: {e}") from e
-
-
-def _expected_shapes(model: nn.Module, cfg: LoraConfig) -> dict[str, tuple[int, ...]]:
-    """Key -> shape this model needs from an adapter with config `cfg`."""
-    shapes = {}
-    if has_lora(model):
-        for name, layer in lora_layers(model).items():
-            shapes[f"{PREFIX}{name}.lora_A.weight"] = tuple(layer.lora_A.weight.shape)
-            shapes[f"{PREFIX}{name}.lora_B.weight"] = tuple(layer.lora_B.weight.shape)
-    else:
-        for name, (r, _) in plan_lora(model, cfg).items():
-            in_f, out_f = in_out_features(model.get_submodule(name))
-            shapes[f"{PREFIX}{name}.lora_A.weight"] = (r, in_f)
-            shapes[f"{PREFIX}{name}.lora_B.weight"] = (out_f, r)
-    for root in match_modules_to_save(model, cfg.modules_to_save):
-        for pname, p in model.get_submodule(root).named_parameters(remove_duplicate=False):
-            shapes[f"{PREFIX}{root}.{pname}"] = tuple(p.shape)
-    return shapes
-
-
-def _check_fit(expected: dict, tensors: dict, path, config: dict) -> None:
-    trained_on = config.get("base_model_name_or_path")
-    hint = f" (adapter trained on {trained_on!r})" if trained_on else ""
-    for key, t in tensors.items():
-        if key not in expected:
-            raise ValueError(f"{path}: key {key!r} maps to no LoRA or modules_to_save parameter of this model{hint}")
-        if tuple(t.shape) != expected[key]:
-            raise ValueError(f"{path}: {key}: file has shape {tuple(t.shape)}, the model expects "
-                             f"{expected[key]}{hint}")
-    missing = sorted(set(expected) - set(tensors))
-    if missing:
-        raise ValueError(f"{path}: missing {len(missing)} tensor(s) the model needs, e.g. {missing[0]!r}{hint}")
-
-
-def _prepare(model: nn.Module, path) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
-    """Read and validate an adapter against `model`; inject LoRA per its config if the model has none.
-    Nothing is changed on the model unless every check passes."""
-    config, tensors = read_adapter(path)
-    cfg = lora_config_from_peft(config, path)
-    # peft lists both "classifier" and "score" for SEQ_CLS models; like peft, skip entries naming no module.
-    names = [n for n, _ in model.named_modules() if n]
-    kept = tuple(e for e in cfg.modules_to_save if any(name_matches(n, e, regex=False) for n in names))
-    cfg = replace(cfg, modules_to_save=kept)
-    ours = getattr(getattr(model, "config", None), "_name_or_path", None)
-    theirs = config.get("base_model_name_or_path")
-    if ours and theirs and str(ours) != str(theirs):  # paths vs hub ids differ legitimately: warn only
-        warnings.warn(f"{path}: adapter was trained on {theirs!r}, model is {ours!r}", stacklevel=3)
-    if has_lora(model) and (cfg.init == "pissa") != (_config_of(model).init == "pissa"):
-        raise ValueError(f"{path}: init={cfg.init!r} but the model's LoRA uses init={_config_of(model).init!r}; "
-                         "pissa replaces the base weight by a residual, so pissa and non-pissa adapters "
-                         "cannot share one base")
-    _check_fit(_expected_shapes(model, cfg), tensors, path, config)
-    if not has_lora(model):
-        apply_lora(model, **asdict(cfg))
-    return cfg, tensors
-
-
-@torch.no_grad()
-def _copy_in(model: nn.Module, cfg: LoraConfig, tensors: dict[str, torch.Tensor]) -> None:
-    """Copy adapter tensors into the model's parameters in place and set each layer's scaling."""
-    layers = lora_layers(model)
-    merged = [layer for layer in layers.values() if layer.merged]
-    for layer in merged:  # the merged delta belongs to the old adapter: take it out first
-        layer.unmerge()
-    params = dict(model.named_parameters(remove_duplicate=False))
-    for key, t in tensors.items():
-        params[key[len(PREFIX):]].copy_(t)
-    for name, layer in layers.items():
-        layer.alpha = cfg.rank_alpha(name)[1]
-        layer.scaling = cfg.scaling_for(name)
-    for layer in merged:
-        layer.merge()
-    model.lora_config = cfg
-
-
-def load_adapter(model: nn.Module, path) -> list[str]:
-    """Load an adapter folder onto `model` (a fresh base model, or one already adapted with the same
-    module set and ranks) and return the adapted module names, sorted."""
-    cfg, tensors = _prepare(model, path)
-    _copy_in(model, cfg, tensors)
-    return sorted(lora_layers(model))
-
-
-class AdapterBank:
-    """Many adapters, one base model: each adapter's tensors stay in memory and `activate` copies
-    them into the single-adapter LoRA layers in place (no base reload, no per-adapter dicts in the
-    layers). All adapters must adapt the same modules with the same ranks; alpha may differ.
-
-        bank = AdapterBank(model); bank.add("sst2", "runs/sst2/adapter"); bank.activate("sst2")
-    """
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self._adapters: dict[str, tuple[LoraConfig, dict[str, torch.Tensor]]] = {}
-        self._active: str | None = None
-
-    @property
-    def names(self) -> list[str]:
-        return list(self._adapters)
-
-    @property
-    def active(self) -> str | None:
-        return self._active
-
-    def add(self, name: str, path) -> None:
-        """Read, validate and keep adapter `path` under `name` (the model is adapted on first add)."""
-        if name in self._adapters:
-            raise ValueError(f"adapter name {name!r} already loaded; loaded: {self.names}")
-        cfg, tensors = _prepare(self.model, path)
-        if self._adapters:
-            first = next(iter(self._adapters.values()))[1]
-            extra, missing = sorted(set(tensors) - set(first)), sorted(set(first) - set(tensors))
-            if extra or missing:
-                raise ValueError(f"{path}: keys differ from the adapters already loaded "
-                                 f"(extra: {extra[:3]}, missing: {missing[:3]})")
-        params = dict(self.model.named_parameters(remove_duplicate=False))
-        # stored on the model's device and dtype, so activate is a plain in-place copy
-        stored = {k: t.to(device=params[k[len(PREFIX):]].device, dtype=params[k[len(PREFIX):]].dtype)
-                  for k, t in tensors.items()}
-        self._adapters[name] = (cfg, stored)
-
-    def activate(self, name: str) -> None:
-        if name not in self._adapters:
-            raise ValueError(f"unknown adapter {name!r}; loaded: {self.names}")
-        cfg, tensors = self._adapters[name]
-        _copy_in(self.model, cfg, tensors)
-        self._active = name

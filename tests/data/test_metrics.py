@@ -1,4 +1,5 @@
-"""Every local evaluate metric module against values worked out by hand (and sklearn/scipy as a check)."""
+"""The metric registry (harness.metrics) and every local evaluate metric module against values worked out by
+hand (and sklearn/scipy as a check)."""
 
 import math
 
@@ -6,7 +7,7 @@ import pytest
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from harness.scoring import available_metrics, load_metric
+from harness.metrics import available_metrics, load_metric
 
 
 def score(name, predictions, references, **kwargs):

@@ -1,4 +1,4 @@
-"""Adapter files (peft format), loading onto fresh bases, and switching adapters on one base."""
+"""Adapter files (peft format): writing, reading back onto fresh bases, rejecting files that do not fit."""
 
 import copy
 import importlib.util
@@ -10,32 +10,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from harness.adapters import (CHECKSUM_KEY, CONFIG_NAME, WEIGHTS_NAME, AdapterBank, load_adapter, read_adapter,
-                              save_adapter)
-from harness.lora import apply_lora, count_parameters, lora_layers, merge_lora
-
-QV = [f"bert.encoder.layer.{i}.attention.self.{m}" for i in (0, 1) for m in ("query", "value")]
-
-
-def ids(batch=2, seq=7, seed=1):
-    return torch.randint(0, 99, (batch, seq), generator=torch.Generator().manual_seed(seed))
-
-
-def train_like(model, seed):
-    """Stand-in for training: random nonzero values in every trainable tensor."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-
-
-def adapted_bert(base, seed, **kwargs):
-    """A copy of `base` with LoRA applied and 'trained'; `base` itself stays untouched."""
-    model = copy.deepcopy(base)
-    apply_lora(model, **{"r": 4, "alpha": 8, "modules_to_save": ["classifier"], **kwargs})
-    train_like(model, seed)
-    return model
+from harness import tiny
+from harness.lora import (CHECKSUM_KEY, CONFIG_NAME, WEIGHTS_NAME, LoraConfig, apply_lora, count_parameters,
+                          load_adapter, lora_layers, read_adapter, save_adapter)
+from tests.lora.helpers import BERT_QV as QV
+from tests.lora.helpers import adapted_bert, ids, train_like
 
 
 def test_round_trip_gives_identical_outputs(tiny_bert, tmp_path):
@@ -81,7 +60,7 @@ def test_file_is_small(tiny_bert, tmp_path):
 
 def test_gpt2_conv1d_round_trip_and_fan_in_fan_out(tiny_gpt2, tmp_path):
     trained = copy.deepcopy(tiny_gpt2)
-    apply_lora(trained, r=4, alpha=8, target_modules=["c_attn", "c_proj"], rslora=True)
+    apply_lora(trained, LoraConfig(r=4, alpha=8, target_modules=["c_attn", "c_proj"], rslora=True))
     train_like(trained, seed=5)
     save_adapter(trained, tmp_path)
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
@@ -95,7 +74,7 @@ def test_gpt2_conv1d_round_trip_and_fan_in_fan_out(tiny_gpt2, tmp_path):
 def pissa_trained(base, **kwargs):
     """A copy of `base` with PiSSA on every linear layer and a 'training' update on A and B."""
     model = copy.deepcopy(base)
-    apply_lora(model, **{"r": 4, "alpha": 8, "target_modules": "all-linear", "init": "pissa", **kwargs})
+    apply_lora(model, LoraConfig(**{"r": 4, "alpha": 8, "target_modules": "all-linear", "init": "pissa", **kwargs}))
     with torch.no_grad():
         for layer in lora_layers(model).values():
             layer.lora_B.weight.add_(0.05)
@@ -165,8 +144,7 @@ def test_seq_cls_adapter_carries_its_head_even_when_it_did_not_train(tiny_bert, 
     config, tensors = read_adapter(tmp_path)
     assert config["task_type"] == "SEQ_CLS" and config["modules_to_save"] == ["classifier"]
     assert torch.equal(tensors["base_model.model.classifier.weight"], trained.classifier.weight)
-    torch.manual_seed(7)  # another base with another random head
-    other = type(tiny_bert)(tiny_bert.config).eval()
+    other = tiny.tiny_bert(seed=7)  # another base with another random head
     other.load_state_dict({k: v for k, v in tiny_bert.state_dict().items() if not k.startswith("classifier")},
                           strict=False)
     assert not torch.equal(other.classifier.weight, trained.classifier.weight)
@@ -254,55 +232,9 @@ def test_shape_mismatch_and_unknown_key_are_rejected(tiny_bert, tiny_llama, tmp_
     with pytest.raises(ValueError, match=r"target_modules=\['query', 'value'\] matches none.*end in: q_proj, k_proj"):
         load_adapter(tiny_llama, tmp_path / "r4")  # a BERT adapter on a Llama base
 
-    apply_lora(tiny_bert, r=2, alpha=4, modules_to_save=["classifier"])  # already adapted, other rank
+    apply_lora(tiny_bert, LoraConfig(r=2, alpha=4, modules_to_save=["classifier"]))  # already adapted, other rank
     with pytest.raises(ValueError, match=r"file has shape \(4, 32\), the model expects \(2, 32\)"):
         load_adapter(tiny_bert, tmp_path / "r4")
-
-
-def test_switching_adapters_gives_each_adapters_outputs(tiny_bert, tmp_path):
-    a = adapted_bert(tiny_bert, seed=3)
-    b = adapted_bert(tiny_bert, seed=4, alpha=32)  # same shapes, different scaling
-    save_adapter(a, tmp_path / "a")
-    save_adapter(b, tmp_path / "b")
-    x = ids()
-    ya, yb = a(x).logits, b(x).logits
-    assert not torch.allclose(ya, yb, atol=1e-3)
-
-    bank = AdapterBank(tiny_bert)
-    bank.add("a", tmp_path / "a")
-    bank.add("b", tmp_path / "b")
-    assert (bank.names, bank.active) == (["a", "b"], None)
-    weight_id = id(tiny_bert.bert.encoder.layer[0].attention.self.query.base.weight)
-    for name, expected in [("a", ya), ("b", yb), ("a", ya)]:
-        bank.activate(name)
-        assert bank.active == name
-        assert torch.equal(tiny_bert(x).logits, expected)
-    assert id(tiny_bert.bert.encoder.layer[0].attention.self.query.base.weight) == weight_id  # no reload
-
-    merge_lora(tiny_bert)  # switching while merged swaps the merged delta too
-    bank.activate("b")
-    torch.testing.assert_close(tiny_bert(x).logits, yb, atol=1e-5, rtol=0)
-
-    with pytest.raises(ValueError, match=r"unknown adapter 'c'; loaded: \['a', 'b'\]"):
-        bank.activate("c")
-    with pytest.raises(ValueError, match="adapter name 'a' already loaded"):
-        bank.add("a", tmp_path / "a")
-
-
-def test_bank_rejects_adapters_that_cannot_share_the_base(tiny_bert, tmp_path):
-    save_adapter(adapted_bert(tiny_bert, seed=3), tmp_path / "kaiming")
-    save_adapter(adapted_bert(tiny_bert, seed=3, init="pissa"), tmp_path / "pissa", convert_pissa=False)
-    save_adapter(adapted_bert(tiny_bert, seed=3, init="pissa"), tmp_path / "pissa_converted")  # rank 2r
-    save_adapter(adapted_bert(tiny_bert, seed=3, modules_to_save=["classifier", "pooler"]), tmp_path / "pooler")
-    bank = AdapterBank(tiny_bert)
-    bank.add("kaiming", tmp_path / "kaiming")
-    with pytest.raises(ValueError, match="init='pissa'.*cannot share one base"):
-        bank.add("pissa", tmp_path / "pissa")
-    with pytest.raises(ValueError, match=r"file has shape \(8, 32\), the model expects \(4, 32\)"):
-        bank.add("pissa_converted", tmp_path / "pissa_converted")
-    with pytest.raises(ValueError, match=r"keys differ.*extra: \['base_model.model.bert.pooler.dense.bias'"):
-        bank.add("pooler", tmp_path / "pooler")
-    assert bank.names == ["kaiming"]
 
 
 def test_save_requires_lora(tiny_bert, tmp_path):
@@ -325,9 +257,7 @@ def test_tolerates_what_peft_writes_differently(tiny_bert, tmp_path):
     assert tiny_bert.lora_config.modules_to_save == ("classifier",)
 
 
-# ----------------------------------------------------------------------------- files the real peft wrote
-
-PEFT = Path(__file__).parent / "fixtures" / "peft"
+PEFT = Path(__file__).parent.parent / "fixtures" / "peft"
 
 
 def _peft_fixture_module():
