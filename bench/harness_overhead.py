@@ -56,23 +56,16 @@ def compose(overrides: list[str], run_dir: Path):
 
 
 def run_harness(overrides: list[str], run_dir: Path) -> dict:
-    """One real harness job in this process; returns {step: perf_counter at its train-row log}."""
-    from harness import train
-    from harness.tracking import Tracker
+    """One real harness job in this process; returns {step: perf_counter at the end of that step}
+    (the loop's own step hook, after the step's logging)."""
+    from harness.train import run_job
 
     stamps: dict[int, float] = {}
-    original = Tracker.log
 
-    def stamped(self, metrics, step):
-        if "train/loss" in metrics:
-            stamps[step] = time.perf_counter()
-        return original(self, metrics, step)
+    def stamp(end) -> None:
+        stamps[end.step] = time.perf_counter()
 
-    Tracker.log = stamped
-    try:
-        train.run_job(compose(overrides, run_dir))
-    finally:
-        Tracker.log = original
+    run_job(compose(overrides, run_dir), on_step=stamp)
     record = json.loads((run_dir / "results.json").read_text())
     if record["status"] != "completed":
         raise RuntimeError(f"harness run failed: {record['error']}")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -441,19 +441,17 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, target_modules=QUERY_VALUE,
-               dropout: float = 0.0, init: str = "kaiming", rslora: bool = False, modules_to_save=(),
-               rank_pattern: dict | None = None, alpha_pattern: dict | None = None) -> list[str]:
-    """Wrap the matching Linear/Conv1D modules of `model` in LoraLinear, in place.
+def apply_lora(model: nn.Module, cfg: LoraConfig | None = None, **settings) -> list[str]:
+    """Wrap the matching Linear/Conv1D modules of `model` in LoraLinear, in place, as `cfg` says
+    (or a LoraConfig built from keyword `settings`: r=8, alpha=16, ...).
 
     Freezes every parameter, then unfreezes the adapters and the `modules_to_save` modules (e.g. a
     classification head). Stores the config as `model.lora_config`, with "query+value" resolved to
     the family's names (so a saved adapter_config.json names real modules). Returns the adapted
     names, sorted.
     """
-    cfg = LoraConfig(r=r, alpha=alpha, target_modules=resolve_target_modules(target_modules, model),
-                     dropout=dropout, init=init, rslora=rslora, modules_to_save=modules_to_save,
-                     rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
+    cfg = cfg if cfg is not None else LoraConfig(**settings)
+    cfg = replace(cfg, target_modules=resolve_target_modules(cfg.target_modules, model))
     plan = plan_lora(model, cfg)
     model.requires_grad_(False)
     for name, (r_i, alpha_i) in plan.items():
