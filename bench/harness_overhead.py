@@ -11,8 +11,8 @@ All three run in this one process, in rotation (ABC, BCA, CAB, ...), `--rounds` 
 The work is the issue's: 512 Rotten Tomatoes reviews (max_length 128, dynamic padding), B=16, one
 epoch = 32 steps. Throughput is wall clock over steps 11-30 (after warm-up, before the final
 evaluation), so the harness's logging at steps 20 and 30 is inside the window. The harness's
-steps are stamped by wrapping Tracker.log (one perf_counter call per logged row); its own
-results.json `throughput` (StepTimer, which excludes the logging) is shown beside it.
+steps are stamped by the loop's own step hook (`run_job(on_step=...)`, one perf_counter call
+per step, after the step's logging); its own results.json `throughput` (StepTimer, which excludes the logging) is shown beside it.
 
     python -m bench.harness_overhead
     python -m bench.harness_overhead --rounds 5 --no-trainer

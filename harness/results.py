@@ -80,7 +80,7 @@ LOST_KEYS = ("status", "error", "method", "model", "task", "seed", "sweep", "con
 
 @dataclass
 class RunRecord:
-    """One run's `results.json` (format in .agents/RESULTS.md), filled in as results become known,
+    """One run's `results.json`, the file every table reads, filled in as results become known,
     so a run that fails keeps what it had. `to_dict()` is the file's content, in this field order."""
     status: str = "running"             # running -> completed | failed | preempted
     error: str | None = None            # "ExceptionType: first line of the message"
@@ -136,16 +136,17 @@ def write_json_atomic(path: Path, data: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync(path.parent)  # the rename is durable too
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename inside `folder` durable (a no-op where folders cannot be fsynced)."""
+def fsync(path: Path) -> None:
+    """Flush a file's or a folder's data to disk (a folder: its entries, so a rename survives);
+    a no-op where that cannot be done (some file systems cannot fsync a folder)."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:

@@ -8,8 +8,9 @@ import signal
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
+
+from bench.harness_overhead import compose as job_config  # as `python -m harness.train` composes, HydraConfig set
 
 from harness.train import job_run_name, lr_is_swept, run_job
 from harness.train.sweep import record_lost_job
@@ -21,25 +22,18 @@ COMPLETED_KEYS = ["status", "error", "method", "model", "task", "seed", "run_nam
                   "attempt", "segments", "steps", "epochs", "train_time_s", "wall_time_s", "finished_at"]
 
 
-def composed(overrides: list[str], hydra_overrides: list[str] = (), output_dir=None):
-    """(job config, hydra config) from conf/, with HydraConfig set as Hydra sets it for a job."""
+def composed(overrides: list[str], hydra_overrides: list[str] = ()):
+    """(job config, hydra config) composed from conf/, for the functions that read Hydra's settings."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, *hydra_overrides], return_hydra_config=True)
-    if output_dir is not None:
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(output_dir)
-        HydraConfig.instance().set_config(cfg)
-    job = cfg.copy()
-    with open_dict(job):
-        del job["hydra"]
-    return job, cfg.hydra
+    return cfg, cfg.hydra
 
 
 def test_the_step_hook_sees_every_step_of_the_real_loop_and_the_record_keeps_its_keys(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "run"
-    cfg, _ = composed([f"model.name_or_path={tiny_model_dir}", *TINY_RUN, "trainer.max_steps=4",
-                       "trainer.log_every=2", "trainer.save_model=false"], output_dir=run_dir)
+    cfg = job_config([f"model.name_or_path={tiny_model_dir}", *TINY_RUN, "trainer.max_steps=4",
+                      "trainer.log_every=2", "trainer.save_model=false"], run_dir)
     ends = []
     value = run_job(cfg, on_step=ends.append)
     rec = read_record(run_dir)
@@ -56,7 +50,7 @@ def test_the_step_hook_sees_every_step_of_the_real_loop_and_the_record_keeps_its
 
 def test_a_lost_job_record_says_how_it_died_and_no_more(tmp_path):
     run_dir = tmp_path / "lost"
-    cfg, _ = composed(["seed=3"], output_dir=run_dir)
+    cfg = job_config(["seed=3"], run_dir)
     status = signal.SIGKILL  # os.waitpid's status of a child killed by SIGKILL
     assert os.WIFSIGNALED(status)
     assert record_lost_job(cfg, status, preempted=False) is False  # not a sweep job
