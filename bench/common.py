@@ -148,7 +148,7 @@ def machine_line(m: dict) -> str:
 
 def mfu(flops_per_step: float, step_s: float, device_name: str | None) -> float | None:
     """Achieved FLOP/s over the device's dense bf16 peak (None on CPU); the peaks are the harness's
-    own table (harness.measure.PEAK_BF16_FLOPS), which results.json's `throughput.mfu` uses."""
+    own table (harness.telemetry.PEAK_BF16_FLOPS), which results.json's `throughput.mfu` uses."""
     peak = peak_bf16_flops(device_name)
     return flops_per_step / step_s / peak if peak and step_s else None
 

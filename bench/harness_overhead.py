@@ -11,8 +11,8 @@ All three run in this one process, in rotation (ABC, BCA, CAB, ...), `--rounds` 
 The work is the issue's: 512 Rotten Tomatoes reviews (max_length 128, dynamic padding), B=16, one
 epoch = 32 steps. Throughput is wall clock over steps 11-30 (after warm-up, before the final
 evaluation), so the harness's logging at steps 20 and 30 is inside the window. The harness's
-steps are stamped by wrapping Tracker.log (one perf_counter call per logged row); its own
-results.json `throughput` (StepTimer, which excludes the logging) is shown beside it.
+steps are stamped by the loop's own step hook (`run_job(on_step=...)`, one perf_counter call
+per step, after the step's logging); its own results.json `throughput` (StepTimer, which excludes the logging) is shown beside it.
 
     python -m bench.harness_overhead
     python -m bench.harness_overhead --rounds 5 --no-trainer
@@ -56,23 +56,16 @@ def compose(overrides: list[str], run_dir: Path):
 
 
 def run_harness(overrides: list[str], run_dir: Path) -> dict:
-    """One real harness job in this process; returns {step: perf_counter at its train-row log}."""
-    from harness import train
-    from harness.telemetry import Tracker
+    """One real harness job in this process; returns {step: perf_counter at the end of that step}
+    (the loop's own step hook, after the step's logging)."""
+    from harness.train import run_job
 
     stamps: dict[int, float] = {}
-    original = Tracker.log
 
-    def stamped(self, metrics, step):
-        if "train/loss" in metrics:
-            stamps[step] = time.perf_counter()
-        return original(self, metrics, step)
+    def stamp(end) -> None:
+        stamps[end.step] = time.perf_counter()
 
-    Tracker.log = stamped
-    try:
-        train.run_job(compose(overrides, run_dir))
-    finally:
-        Tracker.log = original
+    run_job(compose(overrides, run_dir), on_step=stamp)
     record = json.loads((run_dir / "results.json").read_text())
     if record["status"] != "completed":
         raise RuntimeError(f"harness run failed: {record['error']}")

@@ -8,17 +8,15 @@ before the model loads, so a bad sweep job costs a second, not a model load:
     method.alpha='abc' is invalid: must be a number
     model.dtype='float7' is invalid: choose float32, bfloat16 or float16
 
-`check_overrides` does the same for what Hydra itself rejects while composing (an unknown group
-option such as `hydra/launcher=nope`, an unknown key without `+`, an unparsable override), whose
-own messages span many lines; `harness-train` runs it before handing the command line to Hydra.
+What Hydra itself rejects while composing is checked in the same form by
+harness/overrides.py (`check_overrides`), before Hydra runs.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -26,42 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.schema import ConfigError, check, choices, typed
 from harness.lora import ALL_LINEAR, QUERY_VALUE, LoraConfig
-from harness.telemetry import redact_text
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def _without_secrets(override_dirname: str) -> str:
-    """Drop the overrides that carry a secret (`+model.token=hf_...`): a folder name is copied into
-    every file that names the run folder. Items are split at commas outside brackets and quotes."""
-    items, depth, quote, start = [], 0, None, 0
-    for i, ch in enumerate(override_dirname + ","):
-        if quote:
-            quote = None if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch in "[{(":
-            depth += 1
-        elif ch in "]})":
-            depth -= 1
-        elif ch == "," and depth <= 0:
-            items.append(override_dirname[start:i])
-            start = i + 1
-    return ",".join(item for item in items if item and redact_text(item) == item)
-
-
-def _dirname(override_dirname: str, limit: int = 180) -> str:
-    """A folder name from Hydra's override string: never empty, never nested, never longer than
-    file systems allow (255 bytes): a long one is cut and made unique by a hash of the whole.
-    Overrides carrying secrets are left out of it."""
-    name = _without_secrets(override_dirname).replace("/", "_") or "default"
-    if len(name.encode()) > limit:
-        digest = hashlib.md5(name.encode()).hexdigest()[:10]
-        name = name.encode()[:limit].decode(errors="ignore") + "~" + digest
-    return name
-
-
-OmegaConf.register_new_resolver("dirname", _dirname, replace=True)
 OmegaConf.register_new_resolver("mul", lambda a, b: a * b, replace=True)  # alpha = 2r in rank sweeps
 
 
@@ -100,22 +66,26 @@ class MethodConfig:
         check(saved is None or (isinstance(saved, str) and saved) or
                (isinstance(saved, (list, tuple)) and all(isinstance(m, str) and m for m in saved)),
                "method.modules_to_save", saved, "give module names ([classifier]) or null (the model's head_modules)")
+        # What trains, decided once: the LoRA settings as the one LoraConfig that apply_lora takes
+        # (None for full FT). A plain attribute, not a dataclass field, so `method.lora=...` is no
+        # setting; the flat fields above stay the override names (method.r=16).
+        self.lora: LoraConfig | None = None
         if self.name == "lora":
             try:
-                self.lora_config()
+                self.lora = LoraConfig(
+                    r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=targets, init=self.init,
+                    rslora=self.rslora, modules_to_save=saved or (), rank_pattern=self.rank_pattern or {},
+                    alpha_pattern=self.alpha_pattern or {})
             except ValueError as e:
                 raise ConfigError(f"method.{e}") from None
 
-    def lora_config(self, head_modules=()) -> LoraConfig:
-        targets = self.target_modules
-        if not isinstance(targets, str):
-            targets = list(targets)
-        saved = head_modules if self.modules_to_save is None else self.modules_to_save
-        return LoraConfig(
-            r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=targets, init=self.init,
-            rslora=self.rslora, modules_to_save=[saved] if isinstance(saved, str) else list(saved),
-            rank_pattern=dict(self.rank_pattern or {}), alpha_pattern=dict(self.alpha_pattern or {}),
-        )
+    def with_head_modules(self, head_modules) -> MethodConfig:
+        """`modules_to_save: null` means the model's head_modules (its classifier and pooler), which
+        only the model config knows: fill them into `lora` (idempotent; a no-op when modules_to_save
+        is set, or for full FT). Returns self."""
+        if self.lora is not None and self.modules_to_save is None:
+            self.lora = replace(self.lora, modules_to_save=tuple(head_modules))
+        return self
 
 
 @dataclass
@@ -229,7 +199,10 @@ class ModelConfig:
 # ---------------------------------------------------------------------------------------------------
 # The whole config.
 
-TOP_LEVEL = ("model", "task", "method", "trainer", "logger", "seed", "resume", "sweep_name", "hydra")
+SETTINGS = ("model", "task", "method", "trainer", "logger", "paths", "seed", "resume", "sweep_name")
+# Groups of the defaults list whose files are `# @package _global_` diffs (null by default): they
+# set other keys, and a node of their own name is accepted too.
+TOP_LEVEL = SETTINGS + ("experiment", "hparams_search", "debug", "placement", "hydra")
 
 
 def validate(cfg: DictConfig) -> tuple[MethodConfig, TrainerConfig]:
@@ -243,13 +216,15 @@ def validate(cfg: DictConfig) -> tuple[MethodConfig, TrainerConfig]:
         close = difflib.get_close_matches(str(unknown[0]), TOP_LEVEL, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError(f"{unknown[0]}={cfg.get(unknown[0])!r} is invalid: not a setting{hint}; "
-                          f"settings: {', '.join(TOP_LEVEL[:-1])}")
+                          f"settings: {', '.join(SETTINGS)}")
     seed = cfg.get("seed")
     check(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "seed", seed, "must be an int >= 0")
     check(isinstance(cfg.get("resume", False), bool), "resume", cfg.get("resume"), "must be true or false")
+    paths = cfg.get("paths")
+    check(paths is None or isinstance(paths, DictConfig), "paths", paths, "a mapping (output_dir, cache_dir) or null")
     model = typed("model", ModelConfig, cfg.model)
     typed("task", TaskConfig, cfg.task)
-    method = typed("method", MethodConfig, cfg.method)
+    method = typed("method", MethodConfig, cfg.method).with_head_modules(model.head_modules)
     trainer = typed("trainer", TrainerConfig, cfg.trainer)
     try:
         LoggerSettings.from_cfg(cfg.get("logger"))
@@ -274,131 +249,3 @@ def _check_config_overrides(model_cfg: DictConfig, model: ModelConfig) -> None:
     except OSError as e:  # no config.json there
         raise ConfigError(f"model.name_or_path={model.name_or_path!r} is invalid: cannot read its config "
                           f"({str(e).splitlines()[0]})") from None
-
-
-# ---------------------------------------------------------------------------------------------------
-# What Hydra rejects while composing, in the same one-line form.
-
-# Hydra's own command-line flags; with one of these the command line is not a run (help, info, a
-# shell completion) or reads configs from elsewhere, and Hydra handles it alone.
-_SKIP_FLAGS = ("--help", "-h", "--hydra-help", "--version", "--info", "-i", "--shell-completion", "-sc",
-               "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun")
-
-
-def check_overrides(argv: list[str], config_dir: Path = CONF_DIR, config_name: str = "config") -> None:
-    """Compose the configs a command line asks for (each value of a multirun sweep once), so an
-    unknown group option, an unknown key or an unparsable override fails with one line instead of
-    Hydra's many. Values are not validated here: a bad value fails its own job (and a sweep's
-    other jobs still run)."""
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    if any(a.split("=")[0] in _SKIP_FLAGS for a in argv):
-        return
-    try:
-        args, _ = get_args_parser().parse_known_args(argv)
-    except SystemExit:
-        return  # Hydra's parser will say what is wrong with the flags
-    overrides = list(args.overrides)
-    try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except OverrideParseException as e:
-        raise ConfigError(f"{e.override!r} is invalid: not a Hydra override ({e.message.splitlines()[0]}); "
-                          f"write key=value, lists as [a,b], dicts as {{a:1}}, and quote values with spaces "
-                          f"or special characters") from None
-    if not args.multirun:
-        _compose(overrides, config_dir, config_name)
-        return
-    base, sweeps = [], []
-    for o in parsed:
-        values = _sweep_values(o)
-        if values is None:
-            base.append(o.input_line)
-        elif values:
-            sweeps.append([f"{o.get_key_element()}={v}" for v in values])
-    first = base + [s[0] for s in sweeps]
-    cfg = _compose(first, config_dir, config_name)
-    # Sweep axes an experiment sets in hydra.sweeper.params (the basic sweeper's) that the command
-    # line does not override.
-    on_command_line = {o.key_or_group.lstrip("+~") for o in parsed}
-    params = OmegaConf.select(cfg, "hydra.sweeper.params") if cfg.hydra.runtime.choices.get(
-        "hydra/sweeper") == "basic" else None
-    for key, value in (params or {}).items():
-        if str(key).lstrip("+~") not in on_command_line:
-            values = _sweep_values(OverridesParser.create().parse_override(f"{key}={value}"))
-            if values:
-                sweeps.append([f"{key}={v}" for v in values])
-                first.append(sweeps[-1][0])
-    for i, sweep in enumerate(sweeps):
-        for job_value in sweep[1:]:
-            _compose([*base, *[s[0] if j != i else job_value for j, s in enumerate(sweeps)]],
-                     config_dir, config_name)
-
-
-def _group_schema(group: str) -> type | None:
-    """The dataclass a config group is checked against (see validate), None for free-form nodes."""
-    from harness.data import TaskConfig
-    from harness.telemetry import LoggerSettings
-
-    return {"model": ModelConfig, "task": TaskConfig, "method": MethodConfig, "trainer": TrainerConfig,
-            "logger": LoggerSettings}.get(group)
-
-
-def _sweep_values(override) -> list[str] | None:
-    """The values of a discrete sweep override, None for a plain override, [] for sweeps the
-    launcher's sweeper expands itself (Optuna's intervals, globs)."""
-    if not override.is_sweep_override():
-        return None
-    from hydra.core.override_parser.types import ValueType
-
-    if not override.is_discrete_sweep() or override.value_type == ValueType.GLOB_CHOICE_SWEEP:
-        return []
-    return list(override.sweep_string_iterator())
-
-
-def _compose(overrides: list[str], config_dir: Path, config_name: str) -> DictConfig:
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import ConfigCompositionException, MissingConfigException
-
-    try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            return compose(config_name, overrides=overrides, return_hydra_config=True)
-    except MissingConfigException as e:
-        if e.missing_cfg_file and e.options is not None:
-            group, _, name = e.missing_cfg_file.rpartition("/")
-            plus = "+" if any(o.startswith("+") and o.lstrip("+").split("=")[0] == group for o in overrides) else ""
-            raise ConfigError(f"{plus}{group}={name} is invalid: {choices(sorted(e.options))}") from None
-        raise ConfigError(" ".join(str(e).split())) from None
-    except ConfigCompositionException as e:
-        text = str(e)
-        match = re.match(r"Could not override '([^']+)'", text)
-        if match:
-            key = match.group(1)
-            value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == key), "?")
-            parent, _, leaf = key.rpartition(".")
-            base = _compose([o for o in overrides if o.split("=", 1)[0] != key], config_dir, config_name)
-            node = OmegaConf.select(base, parent) if parent else base
-            if not isinstance(node, DictConfig):  # a null mapping such as model.config_overrides
-                raise ConfigError(f"{key}={value} is invalid: {parent} is {'null' if node is None else repr(node)}; set it whole "
-                                  f"({parent}={{{leaf}:{value}}}) or add the key with +{key}={value}") from None
-            schema = _group_schema(parent)
-            if schema is not None and leaf in schema.__dataclass_fields__:  # a setting this YAML leaves out
-                raise ConfigError(f"{key}={value} is invalid: {key} is not in the {parent} config's YAML "
-                                  f"(the default applies); set it with +{key}={value}") from None
-            settings = list(schema.__dataclass_fields__) if schema else [str(k) for k in node.keys() if k != "hydra"]
-            close = difflib.get_close_matches(leaf, settings, n=1)
-            hint = f" (did you mean {parent + '.' if parent else ''}{close[0]}?)" if close else ""
-            typed_group = parent in ("",) + TOP_LEVEL  # the dataclasses reject new keys anyway
-            add = "" if typed_group else f" (+{key}={value} adds a new key)"
-            raise ConfigError(f"{key}={value} is invalid: not {f'a {parent} setting' if parent else 'a setting'}"
-                              f"{hint}; settings: {', '.join(settings)}{add}") from None
-        match = re.match(r"Ambiguous value for argument '([^']+)'", text)
-        if match:
-            raise ConfigError(f"{match.group(1)} is invalid: several values sweep only with --multirun (-m); "
-                              f"a list is written [a,b], a string with commas quoted") from None
-        match = re.search(r"An item is already at '([^']+)'", text)
-        if match:
-            key = match.group(1)
-            raise ConfigError(f"+{key} is invalid: {key} already exists; set it without the '+' ({key}=...)") from None
-        raise ConfigError(" ".join(text.split())) from None

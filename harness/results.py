@@ -29,9 +29,12 @@ import string
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import metadata
 from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 from harness.telemetry import redact
 
@@ -66,6 +69,64 @@ def git_state(repo: Path | None = None) -> dict:
         return {"commit": None, "dirty": None}
 
 
+# ----------------------------------------------------------------------------- the record
+
+# Keys a record has only once training ended (a run that failed before has none of them), and
+# `generations` only for causal LMs: left out of the file while unset, as the record always had.
+_WHEN_SET = ("steps", "epochs", "train_time_s", "generations")
+# What a job's parent can say about a child that died without a word (sweep.record_lost_job).
+LOST_KEYS = ("status", "error", "method", "model", "task", "seed", "sweep", "config")
+
+
+@dataclass
+class RunRecord:
+    """One run's `results.json`, the file every table reads, filled in as results become known,
+    so a run that fails keeps what it had. `to_dict()` is the file's content, in this field order."""
+    status: str = "running"             # running -> completed | failed | preempted
+    error: str | None = None            # "ExceptionType: first line of the message"
+    method: str | None = None
+    model: str | None = None
+    task: str | None = None
+    seed: int | None = None
+    run_name: str | None = None
+    lr: float | None = None
+    lora: dict | None = None            # r, alpha, target_modules (resolved names), dropout, init, rslora
+    params: dict | None = None          # harness.lora.count_parameters
+    metrics: dict | None = None         # main_metric, final, best, test, ...
+    throughput: dict | None = None
+    memory: dict | None = None
+    versions: dict | None = None
+    git: dict | None = None
+    device: str | None = None           # "cpu" or the CUDA device's name
+    sweep: dict | None = None           # {dir, job_num, overrides}
+    config: dict | None = None          # the job's config, redacted (resolved once it resolves)
+    traceback: str | None = None
+    attempt: int | None = None
+    segments: list | None = None        # one {from_step, to_step, train_time_s, wall_time_s, git_commit} per process
+    steps: int | None = None
+    epochs: float | None = None
+    train_time_s: float | None = None   # training steps, data path included, every segment of a resumed run
+    generations: list | None = None     # causal LMs: a few prompts, references and generations
+    wall_time_s: float | None = None    # the job, every process of a resumed run
+    finished_at: str | None = None      # UTC, ISO 8601
+
+    @classmethod
+    def start(cls, cfg: DictConfig, sweep: dict | None) -> RunRecord:
+        """What a job knows before it validates anything: names from the raw config (so a bad
+        value still gets a record that says which run failed) and the code it runs."""
+        method = cfg.get("method") or {}
+        return cls(method=method.get("name"), model=(cfg.get("model") or {}).get("name"),
+                   task=(cfg.get("task") or {}).get("name"), seed=cfg.get("seed"), lr=method.get("lr"),
+                   versions=versions(), git=git_state(), sweep=sweep,
+                   config=redact(OmegaConf.to_container(cfg, resolve=False)))
+
+    def to_dict(self, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """The file's content; `keys` keeps only those (a lost job's record, LOST_KEYS)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {k: v for k, v in out.items() if not (k in _WHEN_SET and v is None)}
+        return {k: out[k] for k in keys} if keys else out
+
+
 def write_json_atomic(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -75,16 +136,17 @@ def write_json_atomic(path: Path, data: dict) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync(path.parent)  # the rename is durable too
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename inside `folder` durable (a no-op where folders cannot be fsynced)."""
+def fsync(path: Path) -> None:
+    """Flush a file's or a folder's data to disk (a folder: its entries, so a rename survives);
+    a no-op where that cannot be done (some file systems cannot fsync a folder)."""
     try:
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -104,8 +166,10 @@ def read_results(run_dir: Path, name: str = RESULTS) -> dict | None:
         return None
 
 
-def write_results(run_dir: Path, record: dict) -> Path:
+def write_results(run_dir: Path, record: dict | RunRecord) -> Path:
     """Write the record; a non-completed record never overwrites a completed one."""
+    if isinstance(record, RunRecord):
+        record = record.to_dict()
     run_dir = Path(run_dir)
     path = run_dir / RESULTS
     previous = read_results(run_dir)
@@ -210,10 +274,13 @@ def fresh_attempt(run_dir: Path, stale: dict | None = None) -> tuple[int, Path]:
     return n, curve
 
 
-def finish_attempt(run_dir: Path, attempt: Attempt, record: dict) -> Path:
+def finish_attempt(run_dir: Path, attempt: Attempt, record: dict | RunRecord) -> Path:
     """Write the attempt's record, and make the run folder's record and curve belong together:
     a completed re-run's curve replaces the earlier completed pair (set aside, not lost)."""
     run_dir = Path(run_dir)
+    if isinstance(record, RunRecord):
+        record.attempt = attempt.number
+        record = record.to_dict()
     record["attempt"] = attempt.number
     top = read_results(run_dir)
     if record.get("status") == "completed":

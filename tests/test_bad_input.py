@@ -23,7 +23,8 @@ import time
 import pytest
 from hydra import compose, initialize_config_dir
 
-from harness.config import check_overrides, validate
+from harness.config import validate
+from harness.overrides import check_overrides
 from harness.models import load_model, load_tokenizer
 from harness.data import build_task
 from harness.train import job_run_name, prepare_model

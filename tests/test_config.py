@@ -54,14 +54,14 @@ def test_rank_and_alpha_patterns_compose_in_both_spellings():
     added = validate(composed("+method.rank_pattern.query=4", "+method.alpha_pattern.value=32"))[0]
     assert plain.rank_pattern == added.rank_pattern == {"query": 4}
     assert plain.alpha_pattern == added.alpha_pattern == {"value": 32}
-    assert plain.lora_config().rank_alpha("bert.encoder.layer.0.attention.self.query") == (4, 16)
+    assert plain.lora.rank_alpha("bert.encoder.layer.0.attention.self.query") == (4, 16)
 
 
 # Bad values: tests/test_bad_input.py (the table of every group).
 
 
 def test_run_folder_names_stay_flat_short_and_unique():
-    from harness.config import _dirname
+    from harness.overrides import _dirname
 
     assert _dirname("") == "default"
     assert _dirname("model.name_or_path=/data/m,seed=1") == "model.name_or_path=_data_m,seed=1"

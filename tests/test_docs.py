@@ -31,7 +31,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from harness import report as R
 from harness import table as T
-from harness.config import ModelConfig, check_overrides, validate
+from harness.config import ModelConfig, validate
+from harness.overrides import check_overrides
 from harness.schema import typed
 from tests.helpers import ROOT, cli_env
 

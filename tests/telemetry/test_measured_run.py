@@ -63,7 +63,7 @@ def test_sweep_job_peak_rss_equals_the_same_job_run_alone(tiny_model_dir, wide_m
 
 def test_a_sweep_job_killed_outright_is_recorded_and_the_sweep_goes_on(tiny_model_dir, tmp_path):
     # What the OOM killer does: SIGKILL to the job's process, no chance to write its own record.
-    patch = ("import os, signal, harness.train as t\n_fit = t.fit\n"
+    patch = ("import os, signal, harness.train.loop as t\n_fit = t.fit\n"
              "def fit(cfg, *a, **k):\n"
              "    if cfg.seed == 1: os.kill(os.getpid(), signal.SIGKILL)\n"
              "    return _fit(cfg, *a, **k)\n"

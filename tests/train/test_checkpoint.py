@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 import torch
 
-from harness import checkpoint
+from harness.train import checkpoint
 from tests.helpers import ROOT, TINY_RUN, cli_env, metrics_rows, read_record, run_cli
 from tests.telemetry.wandb_offline import read_offline_run
 
@@ -65,6 +65,7 @@ def reference(tiny_model_dir, tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_sigkill_mid_write_resumes_from_the_last_good_checkpoint_to_identical_metrics(tiny_model_dir, reference,
                                                                                       tmp_path):
     """What a hard kill can leave: a torn last line in metrics.jsonl and a torn newest checkpoint.
@@ -103,6 +104,7 @@ def test_sigkill_mid_write_resumes_from_the_last_good_checkpoint_to_identical_me
     assert rec["throughput"]["steps_timed"] == read_record(reference)["throughput"]["steps_timed"] == 21
 
 
+@pytest.mark.slow
 def test_killed_before_its_first_checkpoint_restarts_with_each_step_once(tiny_model_dir, reference, tmp_path):
     run_dir = tmp_path / "early"
     proc = start(tiny_model_dir, run_dir, "trainer.checkpoint_every=null")
@@ -118,6 +120,7 @@ def test_killed_before_its_first_checkpoint_restarts_with_each_step_once(tiny_mo
     assert read_record(run_dir)["attempt"] == 2
 
 
+@pytest.mark.slow
 def test_sigterm_saves_checkpoint_records_preempted_then_resumes(tiny_model_dir, reference, tmp_path):
     run_dir = tmp_path / "preempted"
     proc = start(tiny_model_dir, run_dir)
@@ -138,6 +141,7 @@ def test_sigterm_saves_checkpoint_records_preempted_then_resumes(tiny_model_dir,
     assert [s["to_step"] for s in read_record(run_dir)["segments"]] == [step, 24]
 
 
+@pytest.mark.slow
 def test_sigterm_in_the_final_evaluation_ends_preempted_and_resumes_in_the_same_wandb_run(tiny_model_dir, tmp_path):
     """No step boundary comes during the final evaluation to check a flag: the signal must still
     end the run as preempted, record written, W&B run finished; the same command then only redoes
@@ -169,6 +173,7 @@ def test_sigterm_in_the_final_evaluation_ends_preempted_and_resumes_in_the_same_
     assert_each_row_once(run_dir)
 
 
+@pytest.mark.slow
 def test_changed_config_refuses_to_resume_and_restart_sets_the_old_attempt_aside(tiny_model_dir, tmp_path):
     run_dir = tmp_path / "changed"
     # diverges at step 2, after the checkpoint of step 1: a run folder with a checkpoint to continue
@@ -196,6 +201,7 @@ def test_changed_config_refuses_to_resume_and_restart_sets_the_old_attempt_aside
     assert rec["attempt"] == 2
 
 
+@pytest.mark.slow
 def test_nan_loss_fails_with_the_step(tiny_model_dir, tmp_path):
     proc = run_cli(tiny_model_dir, tmp_path / "nan", "method.lr=1e30")
     assert proc.returncode == 1
@@ -204,6 +210,7 @@ def test_nan_loss_fails_with_the_step(tiny_model_dir, tmp_path):
     assert rec["error"] == "TrainingFailed: non-finite loss/grad norm (nan/nan) at step 2"
 
 
+@pytest.mark.slow
 def test_nan_loss_can_skip_steps_instead(tiny_model_dir, tmp_path):
     proc = run_cli(tiny_model_dir, tmp_path / "skip", "method.lr=1e30", "trainer.on_nan=skip")
     assert proc.returncode == 0
@@ -211,6 +218,7 @@ def test_nan_loss_can_skip_steps_instead(tiny_model_dir, tmp_path):
     assert rec["status"] == "completed" and rec["metrics"]["skipped_steps"] == 11
 
 
+@pytest.mark.slow
 def test_reruns_keep_each_record_with_its_own_curve(tiny_model_dir, tmp_path):
     """Run, fail a re-run, run again: the record and curve in the run folder always belong together,
     each step once; a failed re-run never touches the completed pair; earlier attempts are kept."""
@@ -246,6 +254,7 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     assert torch.equal(torch.rand(3), expected)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_whole_sweep_after_checkpointing(tiny_model_dir, tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "harness.train", "-m", f"model.name_or_path={tiny_model_dir}", *TINY_RUN, *SLOW,

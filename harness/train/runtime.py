@@ -1,0 +1,81 @@
+"""What a training process needs from its machine: seeds, the device, autocast, and the signals
+that tell it to stop (SIGTERM/SIGINT, what Slurm sends before preemption)."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+
+import numpy as np
+import torch
+
+from harness.schema import ConfigError
+
+
+class TrainingFailed(RuntimeError):
+    """Training stopped on purpose (divergence); the message says where."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM/SIGINT arrived; a checkpoint was saved and the run can continue later."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device='cuda' is invalid: no CUDA device is available (use auto or cpu)")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    """A context-manager factory: bf16 autocast on CUDA with trainer.precision=bf16, else nothing."""
+    if device.type == "cuda" and precision == "bf16":
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+class Signals:
+    """Turn SIGTERM/SIGINT (what Slurm sends before preemption) into a flag the loop checks.
+
+    With `immediate=True` the signal raises Preempted at once instead: what run_job installs around
+    the whole of `fit`, so a signal outside the step loop (while loading, or during the final
+    evaluation or save, where no step boundary comes to check a flag) still ends the run as
+    preempted with its record written and its W&B run finished. The step loop's own handler
+    replaces it while steps run and restores it after.
+    """
+
+    def __init__(self, immediate: bool = False):
+        self.received: int | None = None
+        self.immediate = immediate
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. some launchers): leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+        if self.immediate:
+            raise Preempted(f"signal {signum} outside a training step (while loading, in the final "
+                            f"evaluation or while saving)")
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
