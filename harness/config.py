@@ -24,11 +24,12 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.paths import PathsConfig, conf_dir
 from harness.schema import ConfigError, check, choices, typed
 from harness.lora import ALL_LINEAR, QUERY_VALUE, LoraConfig
 from harness.tracking import redact_text
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = conf_dir()  # the repository's conf/, or the copy an installed wheel ships
 
 
 def _without_secrets(override_dirname: str) -> str:
@@ -229,7 +230,7 @@ class ModelConfig:
 # ---------------------------------------------------------------------------------------------------
 # The whole config.
 
-TOP_LEVEL = ("model", "task", "method", "trainer", "logger", "seed", "resume", "sweep_name", "hydra")
+TOP_LEVEL = ("model", "task", "method", "trainer", "logger", "paths", "seed", "resume", "sweep_name", "hydra")
 
 
 def validate(cfg: DictConfig) -> tuple[MethodConfig, TrainerConfig]:
@@ -247,6 +248,7 @@ def validate(cfg: DictConfig) -> tuple[MethodConfig, TrainerConfig]:
     seed = cfg.get("seed")
     check(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "seed", seed, "must be an int >= 0")
     check(isinstance(cfg.get("resume", False), bool), "resume", cfg.get("resume"), "must be true or false")
+    typed("paths", PathsConfig, cfg.get("paths") or {})
     model = typed("model", ModelConfig, cfg.model)
     typed("task", TaskConfig, cfg.task)
     method = typed("method", MethodConfig, cfg.method)
@@ -307,9 +309,6 @@ def check_overrides(argv: list[str], config_dir: Path = CONF_DIR, config_name: s
         raise ConfigError(f"{e.override!r} is invalid: not a Hydra override ({e.message.splitlines()[0]}); "
                           f"write key=value, lists as [a,b], dicts as {{a:1}}, and quote values with spaces "
                           f"or special characters") from None
-    if not args.multirun:
-        _compose(overrides, config_dir, config_name)
-        return
     base, sweeps = [], []
     for o in parsed:
         values = _sweep_values(o)
@@ -319,6 +318,11 @@ def check_overrides(argv: list[str], config_dir: Path = CONF_DIR, config_name: s
             sweeps.append([f"{o.get_key_element()}={v}" for v in values])
     first = base + [s[0] for s in sweeps]
     cfg = _compose(first, config_dir, config_name)
+    # A multirun by -m, or by the config itself (experiments set hydra.mode: MULTIRUN).
+    if not (args.multirun or str(cfg.hydra.get("mode")) == "RunMode.MULTIRUN"):
+        if first != overrides:
+            _compose(overrides, config_dir, config_name)  # a sweep without -m: the one-line error
+        return
     # Sweep axes an experiment sets in hydra.sweeper.params (the basic sweeper's) that the command
     # line does not override.
     on_command_line = {o.key_or_group.lstrip("+~") for o in parsed}
@@ -342,7 +346,7 @@ def _group_schema(group: str) -> type | None:
     from harness.tracking import LoggerSettings
 
     return {"model": ModelConfig, "task": TaskConfig, "method": MethodConfig, "trainer": TrainerConfig,
-            "logger": LoggerSettings}.get(group)
+            "logger": LoggerSettings, "paths": PathsConfig}.get(group)
 
 
 def _sweep_values(override) -> list[str] | None:
@@ -397,6 +401,12 @@ def _compose(overrides: list[str], config_dir: Path, config_name: str) -> DictCo
         if match:
             raise ConfigError(f"{match.group(1)} is invalid: several values sweep only with --multirun (-m); "
                               f"a list is written [a,b], a string with commas quoted") from None
+        match = re.match(r"Multiple values for (\w+)\.", text)
+        if match:  # `+experiment=x` for a group the defaults list already names (as null)
+            group = match.group(1)
+            value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").split("=", 1)[0] == group), "?")
+            raise ConfigError(f"+{group}={value} is invalid: {group} is in the defaults list; "
+                              f"choose it without the '+' ({group}={value})") from None
         match = re.search(r"An item is already at '([^']+)'", text)
         if match:
             key = match.group(1)

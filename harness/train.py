@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from harness import checkpoint
 from harness.adapters import save_adapter
-from harness.config import ConfigError, MethodConfig, TrainerConfig, check_overrides, validate
+from harness.config import CONF_DIR, ConfigError, MethodConfig, TrainerConfig, check_overrides, validate
 from harness.lora import apply_lora, count_parameters, trainable_state_bytes
 from harness.measure import (CudaPeaks, StepTimer, memory_row, memory_summary, model_flops, peak_bf16_flops,
                              release_cuda_memory, reset_peak_rss)
@@ -783,8 +783,7 @@ class SweepReport(Callback):
 
 
 # An absolute path: a relative one resolves against the `harness` package when run as a console script.
-@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent.parent / "conf"),
-            config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
     # Imported here, once, and not lazily inside each job: every job runs in a forked child
     # (run_forked), and `evaluate` (with what it pulls in) costs ~3 s to import.

@@ -14,7 +14,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from tests.helpers import task_preset
 from scipy.stats import pearsonr
 
 from harness.scoring import evaluate_model, generate_samples
@@ -38,7 +38,7 @@ def cache(tmp_path_factory):
 
 
 def preset(name, **overrides):
-    return {**OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml")), **overrides}
+    return task_preset(name, **overrides)  # composed: GLUE tasks extend conf/task/_glue.yaml
 
 
 def bert_for_minilm_vocab(num_labels):

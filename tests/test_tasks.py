@@ -20,7 +20,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from tests.helpers import task_preset
 
 import harness.tasks as tasks
 from harness.tasks import IGNORE_INDEX, build_task, encode_prompt, load_examples, task_config
@@ -52,8 +52,7 @@ def cache(tmp_path_factory):
 
 
 def preset(name, **overrides):
-    cfg = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
-    return {**cfg, **overrides}
+    return task_preset(name, **overrides)  # composed: GLUE tasks extend conf/task/_glue.yaml
 
 
 def rows_md5(ds) -> str:
@@ -103,7 +102,7 @@ def test_bbc_news_reads_all_articles_including_the_cp1252_one():
 
 
 def test_every_preset_config_is_valid(tmp_path):
-    names = sorted(p.stem for p in CONF.glob("*.yaml"))
+    names = sorted(p.stem for p in CONF.glob("*.yaml") if not p.stem.startswith("_"))  # _glue: a base
     (tmp_path / "x.csv").write_text("text,label\n")  # data files must exist
     assert {"rotten_tomatoes", "rotten_tomatoes_hub", "bbc_news", "chatterbot", "local_csv",
             "sst2", "mrpc", "cola", "qnli", "rte", "stsb", "mnli", "qqp"} <= set(names)
