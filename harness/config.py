@@ -372,7 +372,8 @@ def _compose(overrides: list[str], config_dir: Path, config_name: str) -> DictCo
         if e.missing_cfg_file and e.options is not None:
             group, _, name = e.missing_cfg_file.rpartition("/")
             plus = "+" if any(o.startswith("+") and o.lstrip("+").split("=")[0] == group for o in overrides) else ""
-            raise ConfigError(f"{plus}{group}={name} is invalid: {choices(sorted(e.options))}") from None
+            options = sorted(o for o in e.options if not o.startswith("_"))  # _x: a base others extend (task/_glue)
+            raise ConfigError(f"{plus}{group}={name} is invalid: {choices(options)}") from None
         raise ConfigError(" ".join(str(e).split())) from None
     except ConfigCompositionException as e:
         text = str(e)
