@@ -22,10 +22,12 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.paths import PathsConfig, conf_dir
+from harness.paths import PathsConfig, conf_dir
 from harness.schema import ConfigError, check, choices, typed
 from harness.lora import ALL_LINEAR, QUERY_VALUE, LoraConfig
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+CONF_DIR = conf_dir()  # the repository's conf/, or the copy an installed wheel ships
 
 
 OmegaConf.register_new_resolver("mul", lambda a, b: a * b, replace=True)  # alpha = 2r in rank sweeps
@@ -220,8 +222,7 @@ def validate(cfg: DictConfig) -> tuple[MethodConfig, TrainerConfig]:
     seed = cfg.get("seed")
     check(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "seed", seed, "must be an int >= 0")
     check(isinstance(cfg.get("resume", False), bool), "resume", cfg.get("resume"), "must be true or false")
-    paths = cfg.get("paths")
-    check(paths is None or isinstance(paths, DictConfig), "paths", paths, "a mapping (output_dir, cache_dir) or null")
+    typed("paths", PathsConfig, cfg.get("paths") or {})
     model = typed("model", ModelConfig, cfg.model)
     typed("task", TaskConfig, cfg.task)
     method = typed("method", MethodConfig, cfg.method).with_head_modules(model.head_modules)

@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from harness.config import CONF_DIR, TOP_LEVEL, MethodConfig, ModelConfig, TrainerConfig
+from harness.paths import PathsConfig
 from harness.schema import ConfigError, choices
 from harness.telemetry import redact_text
 
@@ -82,9 +83,6 @@ def check_overrides(argv: list[str], config_dir: Path = CONF_DIR, config_name: s
         raise ConfigError(f"{e.override!r} is invalid: not a Hydra override ({e.message.splitlines()[0]}); "
                           f"write key=value, lists as [a,b], dicts as {{a:1}}, and quote values with spaces "
                           f"or special characters") from None
-    if not args.multirun:
-        _compose(overrides, config_dir, config_name)
-        return
     base, sweeps = [], []
     for o in parsed:
         values = _sweep_values(o)
@@ -94,6 +92,11 @@ def check_overrides(argv: list[str], config_dir: Path = CONF_DIR, config_name: s
             sweeps.append([f"{o.get_key_element()}={v}" for v in values])
     first = base + [s[0] for s in sweeps]
     cfg = _compose(first, config_dir, config_name)
+    # A multirun by -m, or by the config itself (experiments set hydra.mode: MULTIRUN).
+    if not (args.multirun or str(cfg.hydra.get("mode")) == "RunMode.MULTIRUN"):
+        if first != overrides:
+            _compose(overrides, config_dir, config_name)  # a sweep without -m: the one-line error
+        return
     # Sweep axes an experiment sets in hydra.sweeper.params (the basic sweeper's) that the command
     # line does not override.
     on_command_line = {o.key_or_group.lstrip("+~") for o in parsed}
@@ -117,7 +120,7 @@ def _group_schema(group: str) -> type | None:
     from harness.telemetry import LoggerSettings
 
     return {"model": ModelConfig, "task": TaskConfig, "method": MethodConfig, "trainer": TrainerConfig,
-            "logger": LoggerSettings}.get(group)
+            "logger": LoggerSettings, "paths": PathsConfig}.get(group)
 
 
 def _sweep_values(override) -> list[str] | None:
@@ -143,7 +146,8 @@ def _compose(overrides: list[str], config_dir: Path, config_name: str) -> DictCo
         if e.missing_cfg_file and e.options is not None:
             group, _, name = e.missing_cfg_file.rpartition("/")
             plus = "+" if any(o.startswith("+") and o.lstrip("+").split("=")[0] == group for o in overrides) else ""
-            raise ConfigError(f"{plus}{group}={name} is invalid: {choices(sorted(e.options))}") from None
+            options = sorted(o for o in e.options if not o.startswith("_"))  # _x: a base others extend (task/_glue)
+            raise ConfigError(f"{plus}{group}={name} is invalid: {choices(options)}") from None
         raise ConfigError(" ".join(str(e).split())) from None
     except ConfigCompositionException as e:
         text = str(e)
@@ -172,6 +176,12 @@ def _compose(overrides: list[str], config_dir: Path, config_name: str) -> DictCo
         if match:
             raise ConfigError(f"{match.group(1)} is invalid: several values sweep only with --multirun (-m); "
                               f"a list is written [a,b], a string with commas quoted") from None
+        match = re.match(r"Multiple values for (\w+)\.", text)
+        if match:  # `+experiment=x` for a group the defaults list already names (as null)
+            group = match.group(1)
+            value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").split("=", 1)[0] == group), "?")
+            raise ConfigError(f"+{group}={value} is invalid: {group} is in the defaults list; "
+                              f"choose it without the '+' ({group}={value})") from None
         match = re.search(r"An item is already at '([^']+)'", text)
         if match:
             key = match.group(1)

@@ -3,6 +3,9 @@
 Each fixture is function-scoped and seeded (torch.manual_seed(0)), so a test may mutate its model
 freely and every call returns the same weights. Models come back in eval mode (dropout off).
 Shapes: hidden 32, 2 layers, 4 heads, vocab 99 — small enough that a forward pass takes ~1 ms.
+
+Markers (pyproject.toml): `slow` tests run the real CLI or a bench script in subprocesses
+(`-m "not slow"` leaves them out); `cuda` tests need a GPU and are skipped where torch sees none.
 """
 
 import os
@@ -11,8 +14,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the hub
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
+import torch
 
 from harness.tiny import save_tiny, tiny_bert as _bert, tiny_gpt2 as _gpt2, tiny_llama as _llama
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip every test marked `cuda` where there is no GPU, saying so (not a silent pass)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture

@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
 
-# A few steps of real Rotten Tomatoes data on a 2-layer, 32-wide BERT: seconds per run.
-TINY_RUN = ("model.name=tiny_bert", "task.limit_train=96", "task.limit_eval=32", "trainer.batch_size=8",
-            "trainer.eval_batch_size=32", "method.lr=1e-2")
+# A few steps of real Rotten Tomatoes data on a 2-layer, 32-wide BERT: seconds per run. debug=tiny
+# (conf/debug/tiny.yaml) is the budget: 96 training examples in batches of 8, 32 for eval and test.
+TINY_RUN = ("debug=tiny", "model.name=tiny_bert", "method.lr=1e-2")
 
 
 def cli_env() -> dict:
@@ -26,6 +27,22 @@ def run_cli(model_dir, run_dir, *overrides, multirun=False, timeout=300, tiny=TI
     cmd = [sys.executable, "-m", "harness.train", *(["-m"] if multirun else []),
            f"model.name_or_path={model_dir}", *tiny, f"{dir_key}={run_dir}", *overrides]
     return subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def compose(*overrides, hydra=False):
+    """The config `harness-train <overrides>` composes from conf/ (with the `hydra` node if asked)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+def task_preset(name, **overrides) -> dict:
+    """conf/task/<name>.yaml as a run sees it (a GLUE task merged onto conf/task/_glue.yaml),
+    resolved, with `overrides` on top."""
+    from omegaconf import OmegaConf
+
+    return {**OmegaConf.to_container(compose(f"task={name}").task, resolve=True), **overrides}
 
 
 def read_record(run_dir) -> dict:

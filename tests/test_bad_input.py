@@ -156,8 +156,8 @@ BAD = [
     ("method.target_modules=[query", r"^'method\.target_modules=\[query' is invalid: not a Hydra override"),
     ("method.r=1,2", r"^method\.r=1,2 is invalid: several values sweep only with --multirun \(-m\)"),
     # launcher, sweeper, logger and the other groups
-    ("hydra/launcher=nope", r"^hydra/launcher=nope is invalid: choose basic, joblib, submitit_local or "
-                            r"submitit_slurm$"),
+    ("hydra/launcher=nope", r"^hydra/launcher=nope is invalid: choose basic, joblib, parallel, slurm, "
+                            r"submitit_local or submitit_slurm$"),
     ("hydra/sweeper=nope", r"^hydra/sweeper=nope is invalid: choose basic or optuna$"),
     ("hydra/launcher=joblib hydra.launcher.n_jobz=2", r"^hydra\.launcher\.n_jobz=2 is invalid: not a "
                                                       r"hydra\.launcher setting \(did you mean "
@@ -166,9 +166,19 @@ BAD = [
     ("logger=wandb logger.mode=sometimes", r"logger\.mode='sometimes' is invalid: choose one of online, offline, "
                                            r"disabled"),
     ("logger=wandb +logger.projct=x", r"logger\.projct='x' is invalid: not a logger setting; settings: dir, entity"),
-    ("+experiment=nope", r"^\+experiment=nope is invalid: choose lora_vs_full, rank_ablation or target_modules$"),
-    ("+hparams_search=nope", r"^\+hparams_search=nope is invalid: choose lora_lr$"),
-    ("+placement=q32", r"^\+placement=q32 is invalid: choose k16, o16, q16, qk8, qkvo4, qv8 or v16$"),
+    ("experiment=nope", r"^experiment=nope is invalid: choose lora_vs_full, rank_ablation or target_modules$"),
+    ("hparams_search=nope", r"^hparams_search=nope is invalid: choose lora_lr$"),
+    ("placement=q32", r"^placement=q32 is invalid: choose k16, o16, q16, qk8, qkvo4, qv8 or v16$"),
+    ("debug=nope", r"^debug=nope is invalid: choose tiny$"),
+    # the optional groups are in the defaults list (as null): the '+' of older commands is refused
+    ("+experiment=rank_ablation", r"^\+experiment=rank_ablation is invalid: experiment is in the defaults list; "
+                                  r"choose it without the '\+' \(experiment=rank_ablation\)$"),
+    ("+placement=q16", r"^\+placement=q16 is invalid: placement is in the defaults list; choose it without the "
+                       r"'\+' \(placement=q16\)$"),
+    # paths
+    ("paths.outptu_dir=x", r"^paths\.outptu_dir=x is invalid: not a paths setting \(did you mean "
+                           r"paths\.output_dir\?\); settings: output_dir, cache_dir$"),
+    ("paths.cache_dir=[a]", r"paths\.cache_dir=\['a'\] is invalid"),
 ]
 
 
@@ -233,7 +243,7 @@ def test_the_table_covers_every_group():
     assert len(BAD) >= 40
     keys = {o.split("=")[0].lstrip("+").split(".")[0] for row, _ in BAD for o in row.split()}
     assert {"method", "model", "task", "trainer", "seed", "resume", "hydra/launcher", "hydra/sweeper",
-            "logger", "experiment", "hparams_search"} <= keys
+            "logger", "experiment", "hparams_search", "placement", "debug", "paths"} <= keys
 
 
 @pytest.mark.parametrize("overrides, pattern", BAD, ids=[row for row, _ in BAD])
@@ -270,7 +280,7 @@ def test_cli_exits_nonzero_in_seconds_with_one_line_and_keeps_the_completed_reco
     before = (run_dir / "results.json").read_bytes()
     cmd = [sys.executable, "-m", "harness.train", *tiny(tiny_model_dir), *argv(overrides, csv_dir),
            f"hydra.run.dir={run_dir}",
-           f"+task.cache_dir={tmp_path / 'cache'}" if "local_csv" in overrides else "trainer.save_model=false"]
+           f"task.cache_dir={tmp_path / 'cache'}" if "local_csv" in overrides else "trainer.save_model=false"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
     elapsed = time.perf_counter() - t0

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 from bench import (adapter_switch, common, default_sweep, harness_overhead, lora_layer, merged_inference, padding, sweep_overhead,
                    train_step)
 from harness.lora import LoraConfig, LoraLinear, apply_lora
+from harness.tiny import tiny_bert
 
 
 def test_interleave_rotates_the_order_and_drops_warmup_rounds():
@@ -33,23 +33,16 @@ def test_summary_and_paired_ratio_are_exact():
         common.paired_ratio([1.0], [1.0, 2.0])
 
 
-def _tiny_bert():
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=37, max_position_embeddings=64, num_labels=2)
-    return BertForSequenceClassification(config)
-
-
 def test_gemm_flops_and_trainable_state_match_a_hand_count():
     # B=2, T=4: 8 token rows per encoder Linear, 2 rows for pooler and classifier.
     # forward GEMMs: per layer 2*8*(4*32*32 + 2*32*37) = 103,424; x2 layers, + pooler 4,096 + classifier 256
     # full FT: every input and weight needs a gradient -> 3 x 211,200; attention 3*4*2*16*32*2 = 24,576
-    full = _tiny_bert()
+    full = tiny_bert()
     assert train_step.gemm_flops(full, 2, 4) == 3 * 211_200 + 24_576
     # LoRA q+v r=8 + pooler/classifier: layer 0's q/k/v see frozen embeddings (forward only), the rest
     # of the encoder forward + input gradient, heads x3; adapter GEMMs are 4,096 each: A x2 in layer 0 (no
     # input gradient) and x3 in layer 1, B x3
-    lora = _tiny_bert()
+    lora = tiny_bert()
     apply_lora(lora, LoraConfig(r=8, alpha=16, target_modules=["query", "value"], modules_to_save=["classifier", "pooler"]))
     expected = 49_152 + 2 * (16_384 + 37_888) + 2 * 103_424 + 3 * (4_096 + 256) + 2 * 20_480 + 2 * 24_576 + 24_576
     assert train_step.gemm_flops(lora, 2, 4) == expected == 492_288
@@ -81,6 +74,7 @@ def _rows(table):
     return {row[0]: dict(zip(table["columns"], row)) for row in table["rows"]}
 
 
+@pytest.mark.slow  # its Memory table comes from one subprocess per config
 def test_train_step_quick(tmp_path):
     tables = _quick(train_step, tmp_path, "--plain")
     rows = _rows(tables["Training step"])
@@ -128,9 +122,13 @@ def test_padding_quick(tmp_path):
 def test_harness_overhead_quick(tmp_path):
     rows = _rows(_quick(harness_overhead, tmp_path)["Harness overhead"])
     assert set(rows) == {"harness", "bare", "trainer", "harness, its own StepTimer"}
-    assert rows["bare"]["x bare (paired)"] == 1.0 and rows["harness"]["samples/s"] > 0
+    # One round: the paired ratio is the two loops' own rates divided, for the harness and the Trainer.
+    for loop in ("harness", "trainer"):
+        assert rows[loop]["x bare (paired)"] == pytest.approx(rows[loop]["samples/s"] / rows["bare"]["samples/s"])
+    assert rows["harness"]["samples/s"] > 0 and rows["harness"]["real tokens/s"] > rows["harness"]["samples/s"]
 
 
+@pytest.mark.slow  # runs the real CLI's sweep in a subprocess
 def test_sweep_overhead_quick(tmp_path):
     tables = _quick(sweep_overhead, tmp_path)
     row = tables["Sweep overhead"]["rows"][0]

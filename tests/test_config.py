@@ -28,13 +28,13 @@ def test_default_is_lora_r8_alpha16_query_value_on_minilm_rotten_tomatoes():
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))
 def test_every_experiment_job_composes_and_validates(experiment):
-    cfg = composed(f"+experiment={experiment}")
+    cfg = composed(f"experiment={experiment}")
     params = OmegaConf.to_container(cfg.hydra.sweeper.params)
     assert params, f"{experiment} defines no sweep"
     axes = [[f"{k}={v}" for v in str(vals).split(",")] for k, vals in params.items()]
     jobs = list(itertools.product(*axes))
     for job in jobs:
-        job_cfg = composed(f"+experiment={experiment}", *job)
+        job_cfg = composed(f"experiment={experiment}", *job)
         method, _ = validate(job_cfg)
         assert job_cfg.sweep_name == experiment
         if method.name == "lora":
@@ -44,7 +44,7 @@ def test_every_experiment_job_composes_and_validates(experiment):
 
 def test_target_module_placements_share_one_adapter_budget():
     for path in sorted((ROOT / "conf" / "placement").glob("*.yaml")):
-        m = composed(f"+placement={path.stem}").method
+        m = composed(f"placement={path.stem}").method
         assert m.r * len(m.target_modules) == 16, path.stem
 
 

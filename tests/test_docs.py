@@ -2,8 +2,9 @@
 `harness-report` line in a code block of README.md or experiments/*/README.md is one test.
 
 - harness-train runs for real, through the CLI, on a tiny budget: the tiny BERT (or the tiny Llama for
-  a causal-LM model) stands in for the model, a few steps, a few examples; keys the command sets
-  itself (trainer.max_steps=200) get the tiny value instead. A sweep of more than MAX_REAL_JOBS jobs,
+  a causal-LM model) stands in for the model, `debug=tiny` (conf/debug/tiny.yaml) and one or two
+  steps; keys the command sets itself (trainer.max_steps=200) get the tiny value instead. A command
+  is a multirun when it says -m or its config sets hydra.mode: MULTIRUN (every experiment does). A sweep of more than MAX_REAL_JOBS jobs,
   or one on another launcher (joblib, submitit), is composed job by job with Hydra's compose API and
   validated instead, as is a command that needs the network (a hub model or data set, W&B online,
   Slurm): every job's config must pass `validate`, the check a real run starts with.
@@ -28,6 +29,7 @@ from types import SimpleNamespace
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 from harness import report as R
 from harness import table as T
@@ -41,8 +43,16 @@ pytestmark = pytest.mark.slow
 DOCS = [ROOT / "README.md", *sorted((ROOT / "experiments").glob("*/README.md"))]
 TOOLS = ("harness-train", "harness-table", "harness-report")
 MAX_REAL_JOBS = 9  # larger sweeps are validated job by job: each real job costs ~1-2 s here
-TINY = {"task.limit_train": "16", "task.limit_eval": "16", "trainer.batch_size": "8", "trainer.eval_batch_size": "16"}
-SLOW_LAUNCHERS = ("joblib", "submitit_local", "submitit_slurm")  # tests/test_sweep.py runs the local ones
+SLOW_LAUNCHERS = ("joblib", "parallel", "submitit_local", "submitit_slurm", "slurm")  # tests/test_sweep.py runs the local ones
+
+
+def _keys(node: dict, prefix: str = "") -> set[str]:
+    return {k for key, v in node.items()
+            for k in (_keys(v, f"{prefix}{key}.") if isinstance(v, dict) else {f"{prefix}{key}"})}
+
+
+# What debug=tiny sets: a command's own values for these keys give way to it.
+DEBUG_KEYS = _keys(OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "debug" / "tiny.yaml")))
 
 
 def code_lines(text: str) -> list[tuple[int, str]]:
@@ -91,6 +101,20 @@ def compose_job(overrides: list[str]):
         return compose("config", overrides=overrides, return_hydra_config=True)
 
 
+def first_job(overrides: list[str]):
+    """The config of a command's first job (each sweep at its first value)."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return compose_job([o.input_line if not o.is_sweep_override() or not o.is_discrete_sweep() else
+                        f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" for o in parsed
+                        if o.is_discrete_sweep() or not o.is_sweep_override()])
+
+
+def is_multirun(args: list[str]) -> bool:
+    """-m on the command line, or hydra.mode: MULTIRUN in the config it composes (an experiment)."""
+    overrides = [a for a in args if a not in ("-m", "--multirun")]
+    return len(overrides) < len(args) or str(first_job(overrides).hydra.mode) == "RunMode.MULTIRUN"
+
+
 def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
     """Every job's overrides, as the basic sweeper would make them (command-line sweeps plus the
     experiment's hydra.sweeper.params); None when another sweeper (Optuna) chooses the jobs."""
@@ -98,8 +122,7 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
     parsed = parser.parse_overrides(overrides)
     if any(o.is_sweep_override() and not o.is_discrete_sweep() for o in parsed):
         return None  # an interval: only a sweeper that samples (Optuna) can run it
-    first = compose_job([o.input_line if not o.is_sweep_override() else
-                         f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}" for o in parsed])
+    first = first_job(overrides)
     if first.hydra.runtime.choices["hydra/sweeper"] != "basic":
         return None
     on_command_line = {o.key_or_group for o in parsed}
@@ -133,8 +156,8 @@ def needs_network(cfg) -> str | None:
 
 def with_tiny_budget(overrides: list[str], cfg, model_dir: Path, llama_dir: Path, multirun: bool) -> list[str]:
     causal = cfg.task.kind == "causal_lm"
-    tiny = dict(TINY, **{"trainer.max_steps": "1" if multirun else "2",
-                         "model.name_or_path": str(llama_dir if causal else model_dir)})
+    tiny = {"debug": "tiny", "trainer.max_steps": "1" if multirun else "2",
+            "model.name_or_path": str(llama_dir if causal else model_dir)}
     if cfg.model.get("gguf_file"):
         tiny["model.gguf_file"] = "null"  # the tiny Llama is a plain checkpoint
     if cfg.hydra.runtime.choices["hydra/sweeper"] == "optuna":
@@ -142,14 +165,15 @@ def with_tiny_budget(overrides: list[str], cfg, model_dir: Path, llama_dir: Path
     out = []
     for o in overrides:
         key = o.split("=", 1)[0].lstrip("+")
-        out.append(f"{key}={tiny.pop(key)}" if key in tiny else o)  # the command's own value, made tiny
+        if key not in DEBUG_KEYS:
+            out.append(f"{key}={tiny.pop(key)}" if key in tiny else o)  # the command's own value, made tiny
     return out + [f"{k}={v}" for k, v in tiny.items()]
 
 
 @pytest.mark.parametrize("argv, where", [p for p in COMMANDS if p.values[0][0] == "harness-train"])
 def test_documented_train_command(argv, where, tiny_model_dir, tiny_llama_dir, tmp_path):
     args = argv[1:]
-    multirun = "-m" in args or "--multirun" in args
+    multirun = is_multirun(args)
     overrides = [a for a in args if a not in ("-m", "--multirun")]
     check_overrides(args)  # what the CLI checks before Hydra composes (unknown groups, keys, syntax)
     jobs = sweep_jobs(overrides) if multirun else [overrides]
@@ -166,7 +190,7 @@ def test_documented_train_command(argv, where, tiny_model_dir, tiny_llama_dir, t
         return
     assert offline, f"{where}: {needs_network(first) or launcher}: cannot run it here and cannot list its jobs"
     run = [f"hydra.sweep.dir={tmp_path / 'sweep'}" if multirun else f"hydra.run.dir={tmp_path / 'run'}"]
-    cmd = [sys.executable, "-m", "harness.train", *(["-m"] if multirun else []),
+    cmd = [sys.executable, "-m", "harness.train", *[a for a in args if a in ("-m", "--multirun")],  # as documented
            *with_tiny_budget(overrides, first, tiny_model_dir, tiny_llama_dir, multirun), *run]
     env = dict(cli_env(), PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

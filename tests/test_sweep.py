@@ -1,10 +1,16 @@
 """Real multiruns on the tiny model: one W&B run per job in one group, failures isolated and reported."""
 
 import json
+import re
+from datetime import datetime
 from pathlib import Path
+
+import pytest
 
 from tests.helpers import TINY_RUN, read_record, run_cli
 from tests.telemetry.wandb_offline import read_offline_run
+
+pytestmark = pytest.mark.slow  # every test here runs the real CLI in subprocesses
 
 
 def job_dirs(sweep_dir: Path) -> list[Path]:
@@ -22,9 +28,9 @@ def test_sequential_sweep_isolates_a_bad_job_and_streams_each_job_to_its_own_wan
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "1 job(s) did not complete" in proc.stderr and "method.r=0" in proc.stderr
     dirs = job_dirs(sweep)
-    assert [d.name.split(",")[:2] for d in dirs] == [["0_method.lr=0.01", "method.r=2"],
-                                                     ["1_method.lr=0.01", "method.r=0"],
-                                                     ["2_method.lr=0.01", "method.r=4"]]
+    assert [d.name.split(",")[:3] for d in dirs] == [["0_debug=tiny", "method.lr=0.01", "method.r=2"],
+                                                     ["1_debug=tiny", "method.lr=0.01", "method.r=0"],
+                                                     ["2_debug=tiny", "method.lr=0.01", "method.r=4"]]
     records = [read_record(d) for d in dirs]
     assert [r["status"] for r in records] == ["completed", "failed", "completed"]
     assert "method.r" in records[1]["error"]
@@ -65,7 +71,7 @@ def test_submitit_local_launcher_runs_jobs_in_their_own_processes(tiny_model_dir
 def test_optuna_sweeper_searches_the_learning_rate_on_the_returned_metric(tiny_model_dir, tmp_path):
     sweep = tmp_path / "sweep"
     tiny = [o for o in TINY_RUN if not o.startswith("method.lr=")]  # the sweeper sets it
-    proc = run_cli(tiny_model_dir, sweep, "+hparams_search=lora_lr", "hydra.sweeper.n_trials=2", multirun=True,
+    proc = run_cli(tiny_model_dir, sweep, "hparams_search=lora_lr", "hydra.sweeper.n_trials=2", multirun=True,
                    tiny=tiny)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [read_record(d) for d in job_dirs(sweep)]
@@ -75,10 +81,21 @@ def test_optuna_sweeper_searches_the_learning_rate_on_the_returned_metric(tiny_m
     assert f"best_value: {best}" in (sweep / "optimization_results.yaml").read_text().replace("'", "")
 
 
-def test_joblib_launcher_runs_jobs_in_parallel_processes(tiny_model_dir, tmp_path):
+def log_span(job_dir: Path) -> tuple[datetime, datetime]:
+    """First and last timestamp of a job's log (Hydra's `[2026-12-01 10:00:00,123][...]` lines)."""
+    stamps = re.findall(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]", (job_dir / "train.log").read_text(), re.M)
+    return tuple(datetime.strptime(stamps[i], "%Y-%m-%d %H:%M:%S,%f") for i in (0, -1))
+
+
+def test_parallel_launcher_preset_runs_jobs_at_the_same_time(tiny_model_dir, tmp_path):
+    """conf/hydra/launcher/parallel.yaml (joblib, 2 at a time): the two jobs' logs overlap in time,
+    which jobs run one after the other never do."""
     sweep = tmp_path / "sweep"
-    proc = run_cli(tiny_model_dir, sweep, "seed=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                   "trainer.save_model=false", multirun=True)
+    proc = run_cli(tiny_model_dir, sweep, "seed=0,1", "hydra/launcher=parallel", "trainer.save_model=false",
+                   multirun=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records = [read_record(d) for d in job_dirs(sweep)]
+    dirs = job_dirs(sweep)
+    records = [read_record(d) for d in dirs]
     assert [(r["status"], r["seed"]) for r in records] == [("completed", 0), ("completed", 1)]
+    (start0, end0), (start1, end1) = [log_span(d) for d in dirs]
+    assert max(start0, start1) < min(end0, end1), (start0, end0, start1, end1)

@@ -19,7 +19,6 @@
 import logging
 import os
 import sys
-from pathlib import Path
 
 # Ask NVML, not the CUDA runtime, whether a GPU exists: the runtime's device count poisons fork()
 # (torch then refuses CUDA in a forked child), and sweep jobs run in forked children (run_forked).
@@ -39,7 +38,7 @@ from .weights import BestWeights, save_trained  # noqa: E402
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from harness.config import ConfigError  # noqa: E402
+from harness.config import CONF_DIR, ConfigError  # noqa: E402
 from harness.overrides import check_overrides  # noqa: E402
 from harness.telemetry import install_secret_redaction, redact_text  # noqa: E402
 
@@ -52,8 +51,7 @@ __all__ = ["RESUME_SAFE", "BestWeights", "LoopState", "Preempted", "Progress", "
 
 
 # An absolute path: a relative one resolves against the `harness` package when run as a console script.
-@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parents[2] / "conf"),
-            config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
     # Imported here, once, and not lazily inside each job: every job runs in a forked child
     # (run_forked), and `evaluate` (with what it pulls in) costs ~3 s to import.
