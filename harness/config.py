@@ -20,17 +20,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from harness.paths import PathsConfig, conf_dir
+from harness import resolvers  # noqa: F401  (registers ${dirname:} and ${mul:})
 from harness.paths import PathsConfig, conf_dir
 from harness.schema import ConfigError, check, choices, typed
 from harness.lora import ALL_LINEAR, QUERY_VALUE, LoraConfig
 
 CONF_DIR = conf_dir()  # the repository's conf/, or the copy an installed wheel ships
-
-
-OmegaConf.register_new_resolver("mul", lambda a, b: a * b, replace=True)  # alpha = 2r in rank sweeps
 
 
 def _plain_name(value) -> bool:

@@ -61,7 +61,7 @@ def test_rank_and_alpha_patterns_compose_in_both_spellings():
 
 
 def test_run_folder_names_stay_flat_short_and_unique():
-    from harness.overrides import _dirname
+    from harness.resolvers import _dirname
 
     assert _dirname("") == "default"
     assert _dirname("model.name_or_path=/data/m,seed=1") == "model.name_or_path=_data_m,seed=1"
