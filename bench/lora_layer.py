@@ -35,16 +35,28 @@ from harness.lora import LoraLinear
 VARIANTS = ("base", "lora", "loralib", "dense", "full")
 
 
-class LoralibLinear(nn.Module):
-    """loralib's layers.py forward: result = F.linear(x, W, b); result += (x @ A.T @ B.T) * scaling."""
+class _Over(nn.Module):
+    """Another forward over a LoraLinear's own tensors, so the comparison shares weights exactly."""
 
     def __init__(self, lora: LoraLinear):
         super().__init__()
         self.lora = lora
 
+
+class LoralibLinear(_Over):
+    """loralib's layers.py forward: result = F.linear(x, W, b); result += (x @ A.T @ B.T) * scaling."""
+
     def forward(self, x):
         m = self.lora
         return m.base(x) + (x @ m.lora_A.weight.t() @ m.lora_B.weight.t()) * m.scaling
+
+
+class DenseLinear(_Over):
+    """The reference: x @ (W + s * B @ A).T + b with the (out, in) update materialized each call."""
+
+    def forward(self, x):
+        m = self.lora
+        return F.linear(x, m.base.weight + m.scaling * (m.lora_B.weight @ m.lora_A.weight), m.base.bias)
 
 
 def use_plain(model: nn.Module) -> int:
@@ -60,18 +72,6 @@ def use_plain(model: nn.Module) -> int:
         layer.forward = LoralibLinear(layer).forward
         n += 1
     return n
-
-
-class DenseLinear(nn.Module):
-    """The reference: x @ (W + s * B @ A).T + b with the (out, in) update materialized each call."""
-
-    def __init__(self, lora: LoraLinear):
-        super().__init__()
-        self.lora = lora
-
-    def forward(self, x):
-        m = self.lora
-        return F.linear(x, m.base.weight + m.scaling * (m.lora_B.weight @ m.lora_A.weight), m.base.bias)
 
 
 def make_layers(d: int, r: int, seed: int = 0) -> dict[str, nn.Module]:

@@ -4,21 +4,16 @@ A local `evaluate` module so `evaluate.load(path)` works offline; the hub's `acc
 network. Imports stay one per line because `evaluate` parses them to check dependencies.
 """
 
-import datasets
 import evaluate
 import numpy as np
+
+from harness.metrics._info import metric_info
 
 
 class Accuracy(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description="Fraction of predictions equal to the reference label.",
-            citation="",
-            inputs_description="predictions, references: int class ids of equal length.",
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-        )
+        return metric_info("Fraction of predictions equal to the reference label.",
+                           "predictions, references: int class ids of equal length.", "int64")
 
     def _compute(self, predictions, references):
         predictions = np.asarray(predictions)

@@ -6,9 +6,10 @@ single-label data). A class never predicted and never present scores 0, not NaN,
 A local `evaluate` module so it loads offline; one import per line because `evaluate` parses them.
 """
 
-import datasets
 import evaluate
 import numpy as np
+
+from harness.metrics._info import metric_info
 
 
 def _f1(tp, fp, fn):
@@ -18,14 +19,8 @@ def _f1(tp, fp, fn):
 
 class F1(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description="F1 score, binary or averaged over classes.",
-            citation="",
-            inputs_description="predictions, references: int class ids; average: binary | macro | micro.",
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-        )
+        return metric_info("F1 score, binary or averaged over classes.",
+                           "predictions, references: int class ids; average: binary | macro | micro.", "int64")
 
     def _compute(self, predictions, references, average="binary", pos_label=1):
         predictions = np.asarray(predictions)

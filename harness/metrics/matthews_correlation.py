@@ -7,21 +7,16 @@ with c correct predictions, s samples, p_k / t_k how often class k is predicted 
 A local `evaluate` module so it loads offline; one import per line because `evaluate` parses them.
 """
 
-import datasets
 import evaluate
 import numpy as np
+
+from harness.metrics._info import metric_info
 
 
 class MatthewsCorrelation(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description="Matthews correlation coefficient between predictions and references.",
-            citation="",
-            inputs_description="predictions, references: int class ids of equal length.",
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-        )
+        return metric_info("Matthews correlation coefficient between predictions and references.",
+                           "predictions, references: int class ids of equal length.", "int64")
 
     def _compute(self, predictions, references):
         predictions = np.asarray(predictions)

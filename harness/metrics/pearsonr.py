@@ -5,21 +5,16 @@ collapsed regressor shows up instead of hiding behind a 0.
 A local `evaluate` module so it loads offline; one import per line because `evaluate` parses them.
 """
 
-import datasets
 import evaluate
 import numpy as np
+
+from harness.metrics._info import metric_info
 
 
 class Pearsonr(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description="Pearson correlation coefficient.",
-            citation="",
-            inputs_description="predictions, references: float scores of equal length.",
-            features=datasets.Features(
-                {"predictions": datasets.Value("float64"), "references": datasets.Value("float64")}
-            ),
-        )
+        return metric_info("Pearson correlation coefficient.",
+                           "predictions, references: float scores of equal length.", "float64")
 
     def _compute(self, predictions, references):
         x = np.asarray(predictions, dtype=np.float64)

@@ -4,22 +4,17 @@ NaN when either side is constant, as in scipy.
 A local `evaluate` module so it loads offline; one import per line because `evaluate` parses them.
 """
 
-import datasets
 import evaluate
 import numpy as np
+
+from harness.metrics._info import metric_info
 from scipy.stats import rankdata
 
 
 class Spearmanr(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description="Spearman rank correlation coefficient.",
-            citation="",
-            inputs_description="predictions, references: float scores of equal length.",
-            features=datasets.Features(
-                {"predictions": datasets.Value("float64"), "references": datasets.Value("float64")}
-            ),
-        )
+        return metric_info("Spearman rank correlation coefficient.",
+                           "predictions, references: float scores of equal length.", "float64")
 
     def _compute(self, predictions, references):
         x = rankdata(np.asarray(predictions, dtype=np.float64))
