@@ -91,8 +91,10 @@ def test_parallel_launcher_preset_runs_jobs_at_the_same_time(tiny_model_dir, tmp
     """conf/hydra/launcher/parallel.yaml (joblib, 2 at a time): the two jobs' logs overlap in time,
     which jobs run one after the other never do."""
     sweep = tmp_path / "sweep"
+    # 40 epochs of the tiny run (480 steps, seconds per job): long enough that two workers started
+    # together always overlap, whatever each one's start-up costs (12 steps took 0.15 s: flaky).
     proc = run_cli(tiny_model_dir, sweep, "seed=0,1", "hydra/launcher=parallel", "trainer.save_model=false",
-                   multirun=True)
+                   "trainer.epochs=40", multirun=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     dirs = job_dirs(sweep)
     records = [read_record(d) for d in dirs]
