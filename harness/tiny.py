@@ -21,12 +21,12 @@ WIDTH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4)
 
 
 def tiny_bert(vocab_size: int = VOCAB, num_labels: int = 2, max_position_embeddings: int = 64,
-              seed: int = 0, **config):
+              intermediate_size: int = 37, seed: int = 0, **config):
     """BERT for sequence classification: nn.Linear query/key/value/dense and a `classifier` head."""
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=vocab_size, intermediate_size=37, max_position_embeddings=max_position_embeddings,
+    cfg = BertConfig(vocab_size=vocab_size, intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings,
                      num_labels=num_labels, **{**WIDTH, **config})
     return BertForSequenceClassification(cfg).eval()
 

@@ -11,9 +11,10 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import AutoTokenizer
 
 from harness import table
+from harness.tiny import save_tiny
 from tests.helpers import ROOT, TINY_RUN, cli_env, metrics_rows, read_record, run_cli
 from tests.telemetry.wandb_offline import read_offline_run
 
@@ -34,13 +35,8 @@ def run_patched(patch: str, *overrides, multirun=False, timeout=300):
 @pytest.fixture(scope="module")
 def wide_model_dir(tmp_path_factory, tiny_model_dir):
     """A 4-layer, 384-wide BERT (~25M params): a first sweep job that leaves memory behind."""
-    path = tmp_path_factory.mktemp("wide_bert")
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=4, num_attention_heads=4,
-                        intermediate_size=1536, max_position_embeddings=128)
-    BertForSequenceClassification(config).save_pretrained(path)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(path)
-    return path
+    return save_tiny("bert", tmp_path_factory.mktemp("wide_bert"), hidden_size=384, num_hidden_layers=4,
+                     intermediate_size=1536, max_position_embeddings=128)
 
 
 def test_sweep_job_peak_rss_equals_the_same_job_run_alone(tiny_model_dir, wide_model_dir, tmp_path):
@@ -57,6 +53,9 @@ def test_sweep_job_peak_rss_equals_the_same_job_run_alone(tiny_model_dir, wide_m
     solo = read_record(alone)
     assert wide["memory"]["peak_rss_gib"] > 1.05 * solo["memory"]["peak_rss_gib"]  # job 0 did hold more
     assert tiny["memory"]["peak_rss_gib"] == pytest.approx(solo["memory"]["peak_rss_gib"], rel=0.03)
+    if torch.cuda.is_available():  # the same on the device: each job has its own process and allocator
+        for key in ("cuda_peak_allocated_gib", "cuda_peak_reserved_gib"):
+            assert tiny["memory"][key] == pytest.approx(solo["memory"][key], rel=0.03), key
     # the job ran in a child process, and its log still reached the job's log file
     assert "trainable params" in (jobs[1] / "train.log").read_text()
 
