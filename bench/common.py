@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from harness.analysis import markdown_table
 from harness.telemetry import peak_bf16_flops, peak_rss_gib
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -347,15 +348,6 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence], no
         print(note)
 
 
-def markdown_table(columns: Sequence[str], rows: Sequence[Sequence]) -> str:
-    def cell(c) -> str:  # a bare "|" (as in "max |diff|") would end the cell
-        return (c if isinstance(c, str) else fmt(c)).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(cell(str(c)) for c in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 class Record:
     """Everything one bench run measured; `table` prints a table and keeps it for the JSON file."""
 
@@ -394,7 +386,7 @@ def markdown(record: dict) -> str:
     out = [f"Measured {record['date']} on {machine_line(m)} (load {m.get('load_avg_1m_end', 0) or 0:.1f} at the end), "
            f"{record.get('wall_s', 0):.0f} s:", "", f"    {record['command']}", ""]
     for t in record["tables"]:
-        out += [f"**{t['title']}**", "", markdown_table(t["columns"], t["rows"]), ""]
+        out += [f"**{t['title']}**", "", markdown_table(t["columns"], t["rows"], number=fmt), ""]
         if t.get("note"):
             out += [t["note"], ""]
     return "\n".join(out)

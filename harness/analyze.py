@@ -28,9 +28,11 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
 from harness import lowrank
+from harness.analysis import markdown_table
 from harness.lora import PREFIX, lora_config_from_peft, read_adapter
 from harness.models import load_model
 
@@ -124,9 +126,8 @@ def analyze(run_dirs: list[Path], out: Path, layers: str = DEFAULT_LAYERS, fract
         updates = (full_updates(run_dir, base, kind) if info["method"] == "full" else lora_updates(run_dir, base))
         runs.append((info, updates))
         for layer, (w0, dw, _) in updates.items():
-            row = lowrank.spectrum_row(dw, fraction)
-            spectra.append({**info, "layer": layer, **row})
             s = lowrank.singular_values(dw)
+            spectra.append({**info, "layer": layer, **lowrank.spectrum_row(dw, fraction, s)})
             values += [{**info, "layer": layer, "index": i + 1, "singular_value": float(v)} for i, v in enumerate(s)]
             if pattern.fullmatch(layer) and bool(dw.any()):  # an unchanged layer has no directions
                 for r in ((info["r"],) if info["r"] else full_ranks):
@@ -147,12 +148,9 @@ def analyze(run_dirs: list[Path], out: Path, layers: str = DEFAULT_LAYERS, fract
     return paths
 
 
-def _markdown(frame: pd.DataFrame, digits: int = 3) -> str:
-    def cell(v):
-        return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + " --- |" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
+def _markdown(frame: pd.DataFrame) -> str:
+    return markdown_table(list(frame.columns), frame.itertuples(index=False),
+                          number=lambda v: f"{v:.3g}" if isinstance(v, float) else str(v))
 
 
 def summary(spectra: pd.DataFrame, sims: pd.DataFrame, amp: pd.DataFrame, pattern, fraction: float) -> str:
@@ -209,18 +207,14 @@ def similarity_rows(lora_runs, pattern) -> list[dict]:
 
 def plot_similarity(rows: list[dict], out: Path) -> dict[str, Path]:
     """One figure per pair of runs, one heatmap panel per selected layer (the paper's Figures 3-4)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     paths = {}
     if not rows:
         return paths
     frame = pd.DataFrame(rows)
     for n, ((r1, r2), pair) in enumerate(frame.groupby(["run_1", "run_2"], sort=True)):
         layers = sorted(pair["layer"].unique())
-        fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.2), squeeze=False)
+        fig = Figure(figsize=(3.6 * len(layers), 3.2))
+        axes = fig.subplots(1, len(layers), squeeze=False)
         for ax, layer in zip(axes[0], layers):
             grid = pair[pair["layer"] == layer].pivot(index="i", columns="j", values="phi")
             im = ax.imshow(grid.values, vmin=0, vmax=1, cmap="viridis", aspect="auto",
@@ -231,19 +225,14 @@ def plot_similarity(rows: list[dict], out: Path) -> dict[str, Path]:
         fig.colorbar(im, ax=axes[0].tolist())
         path = out / f"similarity_{n}.png"
         fig.savefig(path, dpi=110)
-        plt.close(fig)
         paths[f"similarity_{n}"] = path
     return paths
 
 
 def plot_spectra(values: pd.DataFrame, pattern, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     chosen = values[values["layer"].map(lambda name: bool(pattern.fullmatch(name)))]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     for (label, layer), part in chosen.groupby(["label", "layer"], sort=True):
         s = part.sort_values("index")["singular_value"]
         ax.semilogy(part.sort_values("index")["index"], s / s.iloc[0], label=f"{label}: {layer.rsplit('.', 1)[-1]}")
@@ -253,7 +242,6 @@ def plot_spectra(values: pd.DataFrame, pattern, out: Path) -> Path:
     fig.tight_layout()
     path = out / "spectra.png"
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -273,7 +261,7 @@ def main(argv=None) -> int:
     except re.error as e:
         print(f"--layers={args.layers!r} is invalid: not a regular expression ({e})", file=sys.stderr)
         return 2
-    except (RunError, ValueError) as e:
+    except ValueError as e:  # RunError included
         print(f"harness-analyze: {e}", file=sys.stderr)
         return 2
     for name, path in paths.items():

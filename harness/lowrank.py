@@ -129,9 +129,10 @@ def amplification(w: torch.Tensor, dw: torch.Tensor, r: int, seed: int = 0) -> d
     }
 
 
-def spectrum_row(dw: torch.Tensor, fraction: float = 0.9) -> dict[str, float]:
-    """One layer's update in numbers: shape, ||dW||_F, top singular value, energy and entropy rank."""
-    s = singular_values(dw)
+def spectrum_row(dw: torch.Tensor, fraction: float = 0.9, s: torch.Tensor | None = None) -> dict[str, float]:
+    """One layer's update in numbers: shape, ||dW||_F, top singular value, energy and entropy rank.
+    `s`: dW's singular values when the caller already has them (one SVD per layer)."""
+    s = singular_values(dw) if s is None else s
     return {"d_out": dw.shape[0], "d_in": dw.shape[1], "max_rank": min(dw.shape),
             "frobenius": float(s.pow(2).sum().sqrt()), "top_singular_value": float(s[0]),
             f"energy_rank_{round(fraction * 100)}": energy_rank(s, fraction), "entropy_rank": entropy_rank(s)}

@@ -95,6 +95,7 @@ def test_analyze_recovers_the_updates_and_writes_every_table(runs, tmp_path):
     assert row.amplification == pytest.approx(lowrank.amplification(w0, runs["full"][1], 2)["amplification"], rel=1e-4)
     assert "similarity_1" not in paths  # one figure for the one pair, a panel per layer
     text = paths["summary"].read_text()
+    assert "| \\|\\|dW\\|\\|_F mean |" in text  # a bare "|" in a header would split the cell
     assert "| LoRA r=4 seed 0 | LoRA r=8 seed 1 | encoder.layer.1.attention.self.query |" in text
     assert text.count("\n| full FT seed 0 | 1.attention") == 0 and "| full FT seed 0 | encoder.layer.1.attention.self.query | 2 |" in text
     for name in ("similarity_0", "spectra_png"):

@@ -16,7 +16,8 @@ from harness.analysis.plots import (DPI, MARKERS, Skip, group_labels, load_curve
 from harness.analysis.records import (PER_RUN_CONFIG, RERUN_CONFIG, RESULTS, SKIP_KEYS, completed, dedupe, failed_runs,
                                       flatten, load_records, load_wandb, record_from_summary, records_frame,
                                       run_identity, run_record)
-from harness.analysis.render import FORMATS, Cell, Column, caption, column_label, latex_escape, render, render_failed
+from harness.analysis.render import (FORMATS, Cell, Column, caption, column_label, latex_escape, markdown_table, render,
+                                     render_failed)
 from harness.analysis.report import MEMORY, STYLE, THROUGHPUT, paper_tables, summary_with, write_report
 from harness.analysis.summary import (ALWAYS_BY, CANDIDATE_BY, DASH, DEFAULT_METRICS, LABELS, LOWER_IS_BETTER_WORDS,
                                       SPLITS, available_metrics, best_mask, check_keys, default_by, default_split,
@@ -28,7 +29,7 @@ __all__ = [
     "plot_curves", "plot_metric_vs_params", "plot_metric_vs_rank",
     "PER_RUN_CONFIG", "RERUN_CONFIG", "RESULTS", "SKIP_KEYS", "completed", "dedupe", "failed_runs", "flatten",
     "load_records", "load_wandb", "record_from_summary", "records_frame", "run_identity", "run_record",
-    "FORMATS", "Cell", "Column", "caption", "column_label", "latex_escape", "render", "render_failed",
+    "FORMATS", "Cell", "Column", "caption", "column_label", "latex_escape", "markdown_table", "render", "render_failed",
     "MEMORY", "STYLE", "THROUGHPUT", "paper_tables", "summary_with", "write_report",
     "ALWAYS_BY", "CANDIDATE_BY", "DASH", "DEFAULT_METRICS", "LABELS", "LOWER_IS_BETTER_WORDS", "SPLITS",
     "available_metrics", "best_mask", "check_keys", "default_by", "default_split", "hidden_variation",

@@ -143,6 +143,17 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def markdown_table(columns, rows, number=str) -> str:
+    """A plain GitHub table of `rows` under `columns`; `number` writes every cell that is not a
+    string. A bare "|" (as in "max |diff|" or "||dW||_F") is escaped: it would end the cell."""
+    def cell(value) -> str:
+        return _md_escape(value if isinstance(value, str) else number(value))
+
+    lines = ["| " + " | ".join(cell(str(c)) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 
