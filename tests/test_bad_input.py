@@ -46,7 +46,7 @@ BAD = [
     ("method.alpha=-2", r"method\.alpha=-2\.0 is invalid: must be a positive number"),
     ("method.dropout=1.5", r"method\.dropout=1\.5 is invalid: must be a number in \[0, 1\)"),
     ("method.dropout=high", r"method\.dropout='high' is invalid: must be a number"),
-    ("method.init=xavier", r"method\.init='xavier' is invalid: choose kaiming, gaussian or pissa"),
+    ("method.init=xavier", r"method\.init='xavier' is invalid: choose kaiming, gaussian, pissa or olora"),
     ("method.target_modules=[]", r"method\.target_modules=\[\] is invalid: give module names \(\[query,value\]\), "
                                  r"one regex, all-linear or query\+value"),
     ("\"method.target_modules='q(('\"", r"method\.target_modules='q\(\(' is invalid: not a valid regular "

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 
 from harness.schema import ConfigError, check, choices
 
-INITS = ("kaiming", "gaussian", "pissa")
+INITS = ("kaiming", "gaussian", "pissa", "olora")
+# Inits that take W's own principal part into A and B and freeze the residual W - s B0 A0 in the
+# base; adapter files carry them as a plain delta on the original W (files.py).
+RESIDUAL_INITS = ("pissa", "olora")
 ALL_LINEAR = "all-linear"
 # The LoRA paper's placement, spelled once for every architecture: each family's attention query and
 # value projections, looked up by `model.config.model_type` when LoRA is applied (as peft's
@@ -60,6 +63,11 @@ def check_dropout(p) -> float:
     return float(p)
 
 
+def check_bool(name: str, value) -> bool:
+    check(isinstance(value, bool), name, value, "must be true or false")
+    return value
+
+
 def check_init(init) -> str:
     check(init in INITS, "init", init, choices(INITS))
     return init
@@ -104,6 +112,8 @@ class LoraConfig:
     modules_to_save: tuple[str, ...] = ()
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)
+    use_dora: bool = False   # DoRA (Liu et al. 2024): DoraLinear, a trained magnitude per output feature
+    freeze_a: bool = False   # LoRA-FA (Zhang et al. 2023): A stays at its random init, only B trains
 
     def __post_init__(self):
         check_r("r", self.r)
@@ -111,6 +121,14 @@ class LoraConfig:
         self.dropout = check_dropout(self.dropout)
         check_init(self.init)
         self.rslora = bool(self.rslora)
+        self.use_dora = check_bool("use_dora", self.use_dora)
+        self.freeze_a = check_bool("freeze_a", self.freeze_a)
+        # LoRA-FA's A is a frozen *random* projection (B = 0, so the update starts at zero and B
+        # learns in a fixed random subspace). pissa / olora put W's principal rows in A and a
+        # non-zero B0 in B; freezing that A is another method, which no paper measured: refused,
+        # so a sweep over init x freeze_a cannot silently produce an untested hybrid.
+        check(not (self.freeze_a and self.init in RESIDUAL_INITS), "freeze_a", self.freeze_a,
+              f"LoRA-FA freezes a random A; init={self.init} sets A from W, use kaiming or gaussian")
         # Sequences may arrive as lists or Hydra ListConfigs; a bare str is a regex (or "all-linear").
         if isinstance(self.target_modules, str):
             check(self.target_modules != "", "target_modules", "", _TARGETS_HELP)

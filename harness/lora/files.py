@@ -15,11 +15,14 @@ here load in the tools people serve with (peft, vLLM, TGI):
 
 A file means the same in every tool, which takes four things peft's own `save_pretrained` leaves to
 the caller:
-- PiSSA adapters are saved converted to a plain LoRA delta on the *original* weights, as peft's
-  `save_pretrained(path_initial_model_for_weight_conversion=...)` does: trained W_res + s B A equals
-  W + s B' A' with A' = [A; A0], B' = [B, -B0] (rank 2r, alpha doubled so s is unchanged; x sqrt(2)
-  with rsLoRA), where A0, B0 are PiSSA's starting factors (W = W_res + s B0 A0). Tools that add
-  B A to the weights they loaded (vLLM, TGI, peft without PiSSA) then compute the trained model.
+- PiSSA and OLoRA adapters (RESIDUAL_INITS) are saved converted to a plain LoRA delta on the
+  *original* weights, as peft's `save_pretrained(path_initial_model_for_weight_conversion=...)` does:
+  trained W_res + s B A equals W + s B' A' with A' = [A; A0], B' = [B, -B0] (rank 2r, alpha doubled
+  so s is unchanged; x sqrt(2) with rsLoRA), where A0, B0 are the starting factors (W = W_res +
+  s B0 A0). Tools that add B A to the weights they loaded (vLLM, TGI, peft without PiSSA/OLoRA)
+  then compute the trained model. DoRA's magnitude is unchanged by this: its norm is of the same
+  W_res + s B A = W + s B' A'.
+- DoRA adapters add `<module path>.lora_magnitude_vector` (out,) per module and `use_dora: true`.
 - `base_model_name_or_path` is a folder or hub id `from_pretrained` can open (never `pkg:...`).
 - A sequence-classification adapter always carries its classifier (peft's SEQ_CLS models expect
   `classifier`/`score` weights in the file and raise KeyError without them), even when it did not
@@ -43,7 +46,8 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from harness.lora.config import LoraConfig, name_matches
+from harness.lora.config import RESIDUAL_INITS, LoraConfig, name_matches
+from harness.lora.dora import DoraLinear
 from harness.lora.inject import has_lora, lora_layers, match_modules_to_save
 from harness.models import resolve_path
 
@@ -53,7 +57,7 @@ PICKLE_NAME = "adapter_model.bin"
 PREFIX = "base_model.model."
 CHECKSUM_KEY = "harness_sha256"  # our own metadata entry; peft ignores it, files without it still load
 # init <-> peft's init_lora_weights (True means kaiming-uniform A, zero B)
-_INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa"}
+_INIT_TO_PEFT = {"kaiming": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 _TASK_TYPES = (("ForSequenceClassification", "SEQ_CLS"), ("ForTokenClassification", "TOKEN_CLS"),
                ("ForQuestionAnswering", "QUESTION_ANS"), ("ForCausalLM", "CAUSAL_LM"),
                ("LMHeadModel", "CAUSAL_LM"), ("ForConditionalGeneration", "SEQ_2_SEQ_LM"))
@@ -86,27 +90,30 @@ def saved_modules(model: nn.Module) -> tuple[str, ...]:
     return tuple(saved)
 
 
-def _converts_pissa(model: nn.Module, convert_pissa: bool) -> bool:
-    return lora_config_of(model).init == "pissa" and convert_pissa
+def _converts_residual(model: nn.Module, convert_residual: bool) -> bool:
+    return lora_config_of(model).init in RESIDUAL_INITS and convert_residual
 
 
-def adapter_state_dict(model: nn.Module, convert_pissa: bool = True) -> dict[str, torch.Tensor]:
+def adapter_state_dict(model: nn.Module, convert_residual: bool = True) -> dict[str, torch.Tensor]:
     """What the file holds, under peft's key names, as contiguous CPU tensors: A and B of every
-    adapted module (for PiSSA, converted to [A; A0] and [B, -B0] unless convert_pissa=False), and the
-    parameters of `saved_modules`."""
-    convert = _converts_pissa(model, convert_pissa)
+    adapted module (for PiSSA / OLoRA, converted to [A; A0] and [B, -B0] unless
+    convert_residual=False), DoRA's magnitude vectors, and the parameters of `saved_modules`."""
+    convert = _converts_residual(model, convert_residual)
     out = {}
     for name, layer in lora_layers(model).items():
         a, b = layer.lora_A.weight, layer.lora_B.weight
         if convert:
-            if not hasattr(layer, "pissa_A0"):
-                raise ValueError(f"{name}: a pissa adapter without its starting factors cannot be converted "
-                                 "to a plain LoRA delta; apply pissa to the base again, or save with "
-                                 "convert_pissa=False (loads only where PiSSA recomputes the residual)")
-            a = torch.cat([a, layer.pissa_A0.to(a.dtype)], dim=0)    # (2r, in)
-            b = torch.cat([b, -layer.pissa_B0.to(b.dtype)], dim=1)   # (out, 2r)
+            if not hasattr(layer, "init_A0"):
+                init = lora_config_of(model).init
+                raise ValueError(f"{name}: a {init} adapter without its starting factors cannot be converted "
+                                 f"to a plain LoRA delta; apply {init} to the base again, or save with "
+                                 f"convert_residual=False (loads only where {init} recomputes the residual)")
+            a = torch.cat([a, layer.init_A0.to(a.dtype)], dim=0)    # (2r, in)
+            b = torch.cat([b, -layer.init_B0.to(b.dtype)], dim=1)   # (out, 2r)
         out[f"{PREFIX}{name}.lora_A.weight"] = a
         out[f"{PREFIX}{name}.lora_B.weight"] = b
+        if isinstance(layer, DoraLinear):
+            out[f"{PREFIX}{name}.lora_magnitude_vector"] = layer.lora_magnitude_vector
     for root in match_modules_to_save(model, saved_modules(model)):
         for pname, p in model.get_submodule(root).named_parameters(remove_duplicate=False):
             out[f"{PREFIX}{root}.{pname}"] = p
@@ -148,15 +155,15 @@ def base_model_path(name_or_path: str | None) -> str | None:
 
 
 def peft_config_dict(model: nn.Module, base_model_name_or_path: str | None = None,
-                     convert_pissa: bool = True) -> dict:
+                     convert_residual: bool = True) -> dict:
     """adapter_config.json contents: peft's LoraConfig fields, with peft's defaults for those we
-    do not use (DoRA, layer selection, LoftQ, Megatron). A converted PiSSA adapter is described as
-    the plain rank-2r LoRA it became (see adapter_state_dict)."""
+    do not use (layer selection, LoftQ, Megatron). A converted PiSSA / OLoRA adapter is described
+    as the plain rank-2r LoRA it became (see adapter_state_dict)."""
     cfg = lora_config_of(model)
     name = base_model_path(base_model_name_or_path or getattr(getattr(model, "config", None), "_name_or_path", None))
     r, alpha, rank_pattern, alpha_pattern = cfg.r, cfg.alpha, dict(cfg.rank_pattern), dict(cfg.alpha_pattern)
     init = _INIT_TO_PEFT[cfg.init]
-    if _converts_pissa(model, convert_pissa):  # peft_model.py save_pretrained: the same rescaling
+    if _converts_residual(model, convert_residual):  # peft_model.py save_pretrained: the same rescaling
         grow = math.sqrt(2) if cfg.rslora else 2  # s = alpha/r, or alpha/sqrt(r), unchanged at 2r
         r, alpha, init = 2 * r, grow * alpha, True
         rank_pattern = {k: 2 * v for k, v in rank_pattern.items()}
@@ -178,7 +185,7 @@ def peft_config_dict(model: nn.Module, base_model_name_or_path: str | None = Non
         "init_lora_weights": init,
         "bias": "none",
         "fan_in_fan_out": any(layer.fan_in_fan_out for layer in lora_layers(model).values()),
-        "use_dora": False,
+        "use_dora": cfg.use_dora,
         "layers_to_transform": None,
         "layers_pattern": None,
         "layer_replication": None,
@@ -190,19 +197,20 @@ def peft_config_dict(model: nn.Module, base_model_name_or_path: str | None = Non
 
 
 def save_adapter(model: nn.Module, path, base_model_name_or_path: str | None = None,
-                 convert_pissa: bool = True) -> Path:
+                 convert_residual: bool = True) -> Path:
     """Write adapter_model.safetensors + adapter_config.json into folder `path` (created); return it.
 
     Args:
         base_model_name_or_path: what the adapter was trained on (default: the model's own
             `config._name_or_path`); `pkg:` names and relative folders are written resolved.
-        convert_pissa: False writes a PiSSA adapter as trained (A, B for the residual base, config
-            `init_lora_weights: "pissa"`), which only loaders that redo PiSSA's SVD on the same base
-            reproduce (peft, load_adapter); True (default) writes the plain rank-2r LoRA delta.
+        convert_residual: False writes a PiSSA / OLoRA adapter as trained (A, B for the residual
+            base, config `init_lora_weights: "pissa"` / `"olora"`), which only loaders that redo the
+            SVD / QR on the same base reproduce (peft, load_adapter); True (default) writes the
+            plain rank-2r LoRA delta.
     """
     path = Path(path)
-    config = peft_config_dict(model, base_model_name_or_path, convert_pissa)
-    tensors = adapter_state_dict(model, convert_pissa)
+    config = peft_config_dict(model, base_model_name_or_path, convert_residual)
+    tensors = adapter_state_dict(model, convert_residual)
     path.mkdir(parents=True, exist_ok=True)
     save_file(tensors, path / WEIGHTS_NAME, metadata={"format": "pt", CHECKSUM_KEY: _checksum(tensors)})
     (path / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -242,14 +250,14 @@ def lora_config_from_peft(config: dict, path="adapter") -> LoraConfig:
     """Our LoraConfig from an adapter_config.json dict; a field we cannot honour is a ValueError."""
     if config.get("peft_type") != "LORA":
         raise ValueError(f"{path}: peft_type={config.get('peft_type')!r}; only 'LORA' adapters are supported")
-    for key, ok in (("use_dora", False), ("lora_bias", False), ("bias", "none")):
+    for key, ok in (("lora_bias", False), ("bias", "none")):
         if config.get(key, ok) != ok:
             raise ValueError(f"{path}: {key}={config[key]!r} is not supported (only {ok!r})")
     for key in ("layers_to_transform", "layer_replication", "trainable_token_indices", "target_parameters"):
         if config.get(key):
             raise ValueError(f"{path}: {key}={config[key]!r} is not supported (only null)")
     init_field = config.get("init_lora_weights", True)
-    inits = {True: "kaiming", False: "kaiming", "gaussian": "gaussian", "pissa": "pissa"}
+    inits = {True: "kaiming", False: "kaiming", "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
     # False (peft: non-zero B) and gaussian only shape the starting point, which loading overwrites.
     if not isinstance(init_field, (bool, str)) or init_field not in inits:
         raise ValueError(f"{path}: init_lora_weights={init_field!r} is not supported; choices: {list(inits)}")
@@ -258,6 +266,6 @@ def lora_config_from_peft(config: dict, path="adapter") -> LoraConfig:
                           target_modules=config.get("target_modules"), dropout=config.get("lora_dropout", 0.0),
                           init=inits[init_field], rslora=config.get("use_rslora", False),
                           modules_to_save=config.get("modules_to_save"), rank_pattern=config.get("rank_pattern"),
-                          alpha_pattern=config.get("alpha_pattern"))
+                          alpha_pattern=config.get("alpha_pattern"), use_dora=config.get("use_dora") or False)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: {e}") from e

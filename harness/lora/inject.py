@@ -14,6 +14,7 @@ from dataclasses import replace
 import torch.nn as nn
 
 from harness.lora.config import ALL_LINEAR, QUERY_VALUE, QUERY_VALUE_TARGETS, LoraConfig, name_matches
+from harness.lora.dora import DoraLinear
 from harness.lora.layer import LINEAR_TYPES, LoraLinear
 from harness.schema import check
 
@@ -121,8 +122,8 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 def apply_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
     """Wrap the matching Linear/Conv1D modules of `model` in LoraLinear, in place.
 
-    Freezes every parameter, then unfreezes the adapters and the `modules_to_save` modules (e.g. a
-    classification head). Stores the config as `model.lora_config`, with "query+value" resolved to
+    Freezes every parameter, then unfreezes the adapters (B only with `freeze_a`; DoraLinear's
+    magnitude with `use_dora`) and the `modules_to_save` modules (e.g. a classification head). Stores the config as `model.lora_config`, with "query+value" resolved to
     the family's names (so a saved adapter_config.json names real modules). Returns the adapted
     names, sorted.
 
@@ -136,9 +137,12 @@ def apply_lora(model: nn.Module, cfg: LoraConfig) -> list[str]:
     cfg = replace(cfg, target_modules=resolve_target_modules(cfg.target_modules, model))
     plan = plan_lora(model, cfg)
     model.requires_grad_(False)
+    layer_type = DoraLinear if cfg.use_dora else LoraLinear
     for name, (r_i, alpha_i) in plan.items():
-        base = model.get_submodule(name)
-        _set_submodule(model, name, LoraLinear(base, r_i, alpha_i, cfg.dropout, cfg.init, cfg.rslora))
+        layer = layer_type(model.get_submodule(name), r_i, alpha_i, cfg.dropout, cfg.init, cfg.rslora)
+        if cfg.freeze_a:  # LoRA-FA: A stays the random projection it was initialised to
+            layer.lora_A.requires_grad_(False)
+        _set_submodule(model, name, layer)
     for name in match_modules_to_save(model, cfg.modules_to_save):
         model.get_submodule(name).requires_grad_(True)
     model.lora_config = cfg

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from transformers.pytorch_utils import Conv1D
 
-from harness.lora.config import check_alpha, check_dropout, check_init, check_r, lora_scaling
+from harness.lora.config import RESIDUAL_INITS, check_alpha, check_dropout, check_init, check_r, lora_scaling
 from harness.lora.function import LoraFunction
 
 LINEAR_TYPES = (nn.Linear, Conv1D)
@@ -64,12 +64,12 @@ class LoraLinear(nn.Module):
     @torch.no_grad()
     def reset_lora_parameters(self, init: str = "kaiming") -> None:
         """kaiming: A ~ U(+-1/sqrt(in)) (nn.Linear's default, a=sqrt(5)), B = 0. gaussian: A ~ N(0, std=1/r),
-        B = 0 (peft's "gaussian"). pissa: A, B from the top-r SVD of W, base.weight := W - top-r part.
-        The first two leave the output unchanged because B = 0; pissa because the residual plus
-        scaling * B @ A is W again."""
+        B = 0 (peft's "gaussian"). pissa: A, B from the top-r SVD of W; olora: from its QR; for both
+        base.weight := W - s B A (`_residual_init`). The first two leave the output unchanged because
+        B = 0; the residual ones because the residual plus scaling * B @ A is W again."""
         check_init(init)
-        if init == "pissa":
-            return self._pissa_init()
+        if init in RESIDUAL_INITS:
+            return self._residual_init(init)
         if init == "kaiming":
             nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         else:
@@ -77,26 +77,34 @@ class LoraLinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     @torch.no_grad()
-    def _pissa_init(self) -> None:
-        # PiSSA (Meng et al. 2024): train the principal subspace, freeze the residual.
+    def _residual_init(self, init: str) -> None:
+        """Train a principal part of W, freeze the rest. PiSSA (Meng et al. 2024): the top-r SVD,
+        s B A = U_r diag(S_r) Vh_r. OLoRA (Buyukakyuz 2024, peft's olora_init): W = Q R, B = Q[:, :r],
+        A = R[:r] unscaled (so s B A = s Q_r R_r, not Q_r R_r: peft's arithmetic, kept so the numbers
+        match). Either way base.weight := W - s B A."""
         if self.r > min(self.in_features, self.out_features):
-            raise ValueError(f"r={self.r}: pissa needs r <= min(in, out) = "
+            raise ValueError(f"r={self.r}: {init} needs r <= min(in, out) = "
                              f"{min(self.in_features, self.out_features)}")
         W = self.base.weight.float()
         W = W.T if self.fan_in_fan_out else W  # (out, in)
-        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
-        # sqrt(S_r / scaling) on each side, so scaling * B @ A == U_r diag(S_r) Vh_r exactly.
-        root = (S[: self.r] / self.scaling).sqrt()
-        self.lora_A.weight.copy_(root[:, None] * Vh[: self.r])  # (r, in)
-        self.lora_B.weight.copy_(U[:, : self.r] * root)  # (out, r)
+        if init == "pissa":
+            U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+            # sqrt(S_r / scaling) on each side, so scaling * B @ A == U_r diag(S_r) Vh_r exactly.
+            root = (S[: self.r] / self.scaling).sqrt()
+            self.lora_A.weight.copy_(root[:, None] * Vh[: self.r])  # (r, in)
+            self.lora_B.weight.copy_(U[:, : self.r] * root)  # (out, r)
+        else:  # olora; peft QRs the stored weight, which for Conv1D is (in, out): we QR (out, in) always
+            Q, R = torch.linalg.qr(W)
+            self.lora_A.weight.copy_(R[: self.r])  # (r, in)
+            self.lora_B.weight.copy_(Q[:, : self.r])  # (out, r)
         # Residual from the A, B actually stored (possibly bf16), so W_res + delta == W up to one rounding.
         w = self.base.weight
         w.copy_((w.float() - self.delta_weight()).to(w.dtype))
         # The starting factors, kept so a saved adapter can be a plain LoRA delta on the *original* W
         # (files.py: W_res + s B A = W + s [B, -B0] [A; A0]). Not persistent: they are a
-        # function of W alone, recomputed whenever pissa is applied to the same base (resume, load).
-        self.register_buffer("pissa_A0", self.lora_A.weight.detach().clone(), persistent=False)
-        self.register_buffer("pissa_B0", self.lora_B.weight.detach().clone(), persistent=False)
+        # function of W alone, recomputed whenever the init is applied to the same base (resume, load).
+        self.register_buffer("init_A0", self.lora_A.weight.detach().clone(), persistent=False)
+        self.register_buffer("init_B0", self.lora_B.weight.detach().clone(), persistent=False)
 
     def delta_weight(self) -> torch.Tensor:
         """scaling * B @ A in fp32, laid out like base.weight ((in, out) for Conv1D)."""
@@ -106,9 +114,13 @@ class LoraLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return self.base(x)
+        return self.unmerged_forward(x, self.base.bias)
+
+    def unmerged_forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x W^T + bias + s B A dropout(x) through LoraFunction (DoraLinear calls it with bias=None)."""
         xd = self.dropout(x)  # Identity (the same tensor) when dropout is 0: no kernel at all
         same = xd is x
-        w, bias, a, b = self.base.weight, self.base.bias, self.lora_A.weight, self.lora_B.weight
+        w, a, b = self.base.weight, self.lora_A.weight, self.lora_B.weight
         if torch.is_autocast_enabled(x.device.type):
             # Cast here, where autograd sees it, so the Function's backward runs in one dtype.
             dtype = torch.get_autocast_dtype(x.device.type)

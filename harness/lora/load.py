@@ -12,7 +12,7 @@ from dataclasses import replace
 import torch
 import torch.nn as nn
 
-from harness.lora.config import LoraConfig, name_matches
+from harness.lora.config import RESIDUAL_INITS, LoraConfig, name_matches
 from harness.lora.files import PREFIX, lora_config_from_peft, lora_config_of, read_adapter
 from harness.lora.inject import apply_lora, has_lora, lora_layers, match_modules_to_save, plan_lora
 from harness.lora.layer import in_out_features
@@ -25,11 +25,15 @@ def _expected_shapes(model: nn.Module, cfg: LoraConfig) -> dict[str, tuple[int, 
         for name, layer in lora_layers(model).items():
             shapes[f"{PREFIX}{name}.lora_A.weight"] = tuple(layer.lora_A.weight.shape)
             shapes[f"{PREFIX}{name}.lora_B.weight"] = tuple(layer.lora_B.weight.shape)
+            if cfg.use_dora:
+                shapes[f"{PREFIX}{name}.lora_magnitude_vector"] = (layer.out_features,)
     else:
         for name, (r, _) in plan_lora(model, cfg).items():
             in_f, out_f = in_out_features(model.get_submodule(name))
             shapes[f"{PREFIX}{name}.lora_A.weight"] = (r, in_f)
             shapes[f"{PREFIX}{name}.lora_B.weight"] = (out_f, r)
+            if cfg.use_dora:
+                shapes[f"{PREFIX}{name}.lora_magnitude_vector"] = (out_f,)
     for root in match_modules_to_save(model, cfg.modules_to_save):
         for pname, p in model.get_submodule(root).named_parameters(remove_duplicate=False):
             shapes[f"{PREFIX}{root}.{pname}"] = tuple(p.shape)
@@ -63,10 +67,16 @@ def prepare_adapter(model: nn.Module, path) -> tuple[LoraConfig, dict[str, torch
     theirs = config.get("base_model_name_or_path")
     if ours and theirs and str(ours) != str(theirs):  # paths vs hub ids differ legitimately: warn only
         warnings.warn(f"{path}: adapter was trained on {theirs!r}, model is {ours!r}", stacklevel=3)
-    if has_lora(model) and (cfg.init == "pissa") != (lora_config_of(model).init == "pissa"):
-        raise ValueError(f"{path}: init={cfg.init!r} but the model's LoRA uses init={lora_config_of(model).init!r}; "
-                         "pissa replaces the base weight by a residual, so pissa and non-pissa adapters "
-                         "cannot share one base")
+    if has_lora(model):
+        own = lora_config_of(model)
+        residual = {cfg.init, own.init} & set(RESIDUAL_INITS)
+        if residual and cfg.init != own.init:
+            raise ValueError(f"{path}: init={cfg.init!r} but the model's LoRA uses init={own.init!r}; "
+                             f"{'/'.join(sorted(residual))} replaces the base weight by a residual of its own, "
+                             "so these adapters cannot share one base")
+        if cfg.use_dora != own.use_dora:
+            raise ValueError(f"{path}: use_dora={cfg.use_dora} but the model's LoRA layers have "
+                             f"use_dora={own.use_dora}; load it onto a fresh base")
     _check_fit(_expected_shapes(model, cfg), tensors, path, config)
     if not has_lora(model):
         apply_lora(model, cfg)

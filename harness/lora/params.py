@@ -8,18 +8,19 @@ from harness.lora.inject import lora_layers
 
 
 def count_parameters(model: nn.Module) -> dict:
-    """trainable / total parameter counts (shared tensors once), split into `adapter` (lora_A,
-    lora_B) and `head` (trainable parameters outside adapters: modules_to_save, or everything for
-    full fine-tuning). The LoRA paper's counts are `adapter`."""
-    adapter_ids = {id(p) for layer in lora_layers(model).values()
-                   for p in (layer.lora_A.weight, layer.lora_B.weight)}
+    """trainable / total parameter counts (shared tensors once), the trainable ones split into
+    `adapter` (lora_A, lora_B and DoRA's magnitude vectors that train: B alone for LoRA-FA) and
+    `head` (trainable parameters outside adapters: modules_to_save, or everything for full
+    fine-tuning), so trainable = adapter + head. The LoRA papers' counts are `adapter`."""
+    adapter_ids = {id(p) for layer in lora_layers(model).values() for n, p in layer.named_parameters()
+                   if not n.startswith("base.")}
     total = trainable = adapter = head = 0
     for p in model.parameters():
         n = p.numel()
         total += n
-        adapter += n if id(p) in adapter_ids else 0
         if p.requires_grad:
             trainable += n
+            adapter += n if id(p) in adapter_ids else 0
             head += 0 if id(p) in adapter_ids else n
     pct = 100.0 * trainable / total if total else 0.0
     return {"trainable": trainable, "total": total, "trainable_pct": pct, "adapter": adapter, "head": head}

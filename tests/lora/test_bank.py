@@ -39,7 +39,7 @@ def test_switching_adapters_gives_each_adapters_outputs(tiny_bert, tmp_path):
 
 def test_bank_rejects_adapters_that_cannot_share_the_base(tiny_bert, tmp_path):
     save_adapter(adapted_bert(tiny_bert, seed=3), tmp_path / "kaiming")
-    save_adapter(adapted_bert(tiny_bert, seed=3, init="pissa"), tmp_path / "pissa", convert_pissa=False)
+    save_adapter(adapted_bert(tiny_bert, seed=3, init="pissa"), tmp_path / "pissa", convert_residual=False)
     save_adapter(adapted_bert(tiny_bert, seed=3, init="pissa"), tmp_path / "pissa_converted")  # rank 2r
     save_adapter(adapted_bert(tiny_bert, seed=3, modules_to_save=["classifier", "pooler"]), tmp_path / "pooler")
     bank = AdapterBank(tiny_bert)

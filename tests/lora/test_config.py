@@ -25,7 +25,7 @@ def test_config_rejects_bad_values(kwargs, message):
     ({"r": 0}, "r=0 is invalid: must be a positive integer"),
     ({"alpha": "abc"}, "alpha='abc' is invalid: must be a positive number"),
     ({"dropout": 1.0}, "dropout=1.0 is invalid: must be a number in [0, 1)"),
-    ({"init": "xavier"}, "init='xavier' is invalid: choose kaiming, gaussian or pissa"),
+    ({"init": "xavier"}, "init='xavier' is invalid: choose kaiming, gaussian, pissa or olora"),
     ({"target_modules": ""}, "target_modules='' is invalid: give module names ([query,value]), one regex, "
                              "all-linear or query+value"),
     ({"target_modules": []}, "target_modules=[] is invalid: give module names ([query,value]), one regex, "
@@ -33,6 +33,10 @@ def test_config_rejects_bad_values(kwargs, message):
     ({"target_modules": "("}, "target_modules='(' is invalid: not a valid regular expression "
                               "(missing ), unterminated subpattern at position 0)"),
     ({"rank_pattern": {"query": 0}}, "rank_pattern['query']=0 is invalid: must be a positive integer"),
+    ({"use_dora": "yes"}, "use_dora='yes' is invalid: must be true or false"),
+    ({"freeze_a": 1}, "freeze_a=1 is invalid: must be true or false"),
+    ({"freeze_a": True, "init": "olora"}, "freeze_a=True is invalid: LoRA-FA freezes a random A; init=olora sets "
+                                          "A from W, use kaiming or gaussian"),
 ])
 def test_bad_values_are_one_line_config_errors(kwargs, message):
     """The one error style of harness.schema: `key=value is invalid: what is allowed`, as a ConfigError,

@@ -112,7 +112,7 @@ def test_pissa_is_saved_as_a_plain_lora_delta_on_the_original_base(tiny_llama, t
 
 def test_pissa_unconverted_round_trip_recomputes_the_residual(tiny_llama, tmp_path):
     trained = pissa_trained(tiny_llama)
-    save_adapter(trained, tmp_path, convert_pissa=False)
+    save_adapter(trained, tmp_path, convert_residual=False)
     config, tensors = read_adapter(tmp_path)
     assert (config["init_lora_weights"], config["r"]) == ("pissa", 4)
     assert tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].shape == (4, 32)
@@ -202,8 +202,10 @@ def test_bad_config_is_rejected(tiny_bert, tmp_path):
     config_file = tmp_path / CONFIG_NAME
     config = json.loads(config_file.read_text())
     for change, message in [({"peft_type": "IA3"}, "peft_type='IA3'.*only 'LORA'"),
-                            ({"use_dora": True}, "use_dora=True is not supported"),
-                            ({"init_lora_weights": "olora"}, "init_lora_weights='olora' is not supported"),
+                            ({"use_dora": True}, r"missing 4 tensor\(s\) the model needs, e\.g\. "
+                                                 r"'base_model\.model\.bert\..*\.lora_magnitude_vector'"),
+                            ({"lora_bias": True}, "lora_bias=True is not supported"),
+                            ({"init_lora_weights": "corda"}, "init_lora_weights='corda' is not supported"),
                             ({"r": 0}, "r=0 is invalid: must be a positive integer")]:
         config_file.write_text(json.dumps(config | change))
         with pytest.raises(ValueError, match=message):
