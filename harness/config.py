@@ -52,10 +52,19 @@ class MethodConfig:
     # existing {} node key by key, and a struct node rejects the new key; onto null it is assigned.
     rank_pattern: Optional[Dict[str, Any]] = None
     alpha_pattern: Optional[Dict[str, Any]] = None
+    use_dora: bool = False                 # DoRA: a trained magnitude per output feature (harness.lora.DoraLinear)
+    freeze_a: bool = False                 # LoRA-FA: A frozen at its random init, only B trains
+    lr_ratio: Optional[float] = None       # LoRA+: B's learning rate is lr * lr_ratio; null (or 1): off
 
     def __post_init__(self):
         check(self.name in ("lora", "full"), "method.name", self.name, "choose lora or full")
         check(self.lr > 0, "method.lr", self.lr, "must be > 0")
+        check(self.lr_ratio is None or self.lr_ratio > 0, "method.lr_ratio", self.lr_ratio,
+              "must be > 0 (B's learning rate over A's, e.g. 16), or null for off")
+        if self.name == "full":  # nothing of LoRA's applies; a silently ignored setting would mislabel a row
+            for key, off, text in (("use_dora", False, "false"), ("freeze_a", False, "false"), ("lr_ratio", None, "null")):
+                check(getattr(self, key) == off, f"method.{key}", getattr(self, key),
+                      f"a LoRA setting; method.name=full trains every weight (leave it {text})")
         targets = self.target_modules
         check(isinstance(targets, str) or (isinstance(targets, (list, tuple)) and
                                             all(isinstance(t, str) and t for t in targets)),
@@ -74,7 +83,7 @@ class MethodConfig:
                 self.lora = LoraConfig(
                     r=self.r, alpha=self.alpha, dropout=self.dropout, target_modules=targets, init=self.init,
                     rslora=self.rslora, modules_to_save=saved or (), rank_pattern=self.rank_pattern or {},
-                    alpha_pattern=self.alpha_pattern or {})
+                    alpha_pattern=self.alpha_pattern or {}, use_dora=self.use_dora, freeze_a=self.freeze_a)
             except ValueError as e:
                 raise ConfigError(f"method.{e}") from None
 

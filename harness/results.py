@@ -90,7 +90,8 @@ class RunRecord:
     seed: int | None = None
     run_name: str | None = None
     lr: float | None = None
-    lora: dict | None = None            # r, alpha, target_modules (resolved names), dropout, init, rslora
+    lora: dict | None = None            # r, alpha, target_modules (resolved names), dropout, init, rslora,
+                                        # use_dora, freeze_a, lr_ratio
     params: dict | None = None          # harness.lora.count_parameters
     metrics: dict | None = None         # main_metric, final, best, test, ...
     throughput: dict | None = None

@@ -34,7 +34,7 @@ SPLITS = ("test", "eval")
 # column; a learning rate chosen per method adds none either).
 ALWAYS_BY = ("method", "task")
 CANDIDATE_BY = ("method", "model", "task", "lora.r", "lora.target_modules", "lora.alpha",
-                "lora.dropout", "lora.init", "lora.rslora", "lr")
+                "lora.dropout", "lora.init", "lora.rslora", "lora.use_dora", "lora.freeze_a", "lora.lr_ratio", "lr")
 # Default columns; one that no run has a value for (MFU and CUDA peaks on CPU) is left out.
 DEFAULT_METRICS = ("main", "params.trainable", "throughput.tokens_per_s", "throughput.mfu", "memory.peak_rss_gib",
                    "memory.cuda_peak_allocated_gib")

@@ -101,7 +101,8 @@ def run_job(cfg: DictConfig, on_step: StepHook | None = None) -> float:
         if method.lora is not None:
             lora = method.lora
             record.lora = {"r": lora.r, "alpha": lora.alpha, "target_modules": _plain(lora.target_modules),
-                           "dropout": lora.dropout, "init": lora.init, "rslora": lora.rslora}
+                           "dropout": lora.dropout, "init": lora.init, "rslora": lora.rslora,
+                           "use_dora": lora.use_dora, "freeze_a": lora.freeze_a, "lr_ratio": method.lr_ratio}
         seed_everything(cfg.seed)
         with Signals(immediate=True):  # outside the step loop a signal stops at once, as preempted
             loop.fit(cfg, method, tcfg, run_dir, tracker, record, attempt, on_step=on_step)

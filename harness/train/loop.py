@@ -171,7 +171,7 @@ def setup(cfg, method, tcfg, run_dir, tracker, record, attempt) -> Training:
     record.params = count_parameters(run.model)
     log.info("trainable params %(trainable)s / %(total)s (%(trainable_pct).3f%%)", record.params)
 
-    run.optimizer = build_optimizer(tcfg, run.model, method.lr)
+    run.optimizer = build_optimizer(tcfg, run.model, method.lr, method.lr_ratio)
     micro_per_epoch = len(task.train_batches(tcfg.batch_size, cfg.seed, 0))
     run.steps_per_epoch = math.ceil(micro_per_epoch / tcfg.grad_accum)
     run.total_steps = tcfg.max_steps or math.ceil(tcfg.epochs * run.steps_per_epoch)

@@ -6,6 +6,7 @@ import torch
 from hydra.utils import instantiate
 
 from harness.config import TrainerConfig
+from harness.lora import lora_layers
 
 
 def warmup_linear_decay(warmup: int, total: int):
@@ -17,12 +18,25 @@ def warmup_linear_decay(warmup: int, total: int):
     return factor
 
 
-def build_optimizer(tcfg: TrainerConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters; no weight decay on biases and norm weights (1-D tensors)."""
+def build_optimizer(tcfg: TrainerConfig, model: torch.nn.Module, lr: float,
+                    lr_ratio: float | None = None) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; no weight decay on biases and norm weights (1-D tensors).
+
+    lr_ratio (LoRA+, Hayou et al. 2024): every LoRA B matrix gets its own group at lr * lr_ratio,
+    the rest (A, DoRA's magnitude, the head) keeps lr. (peft's create_loraplus_optimizer also
+    gives every 1-D tensor B's rate; the paper's ratio is between B and A, so only B gets it here.)
+    The schedule multiplies each group's own rate, so the ratio holds at every step. None or 1:
+    the two plain groups, as without LoRA+ (checkpoints keep their group layout).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
+    fast = set()
+    if lr_ratio is not None and lr_ratio != 1:
+        fast = {id(layer.lora_B.weight) for layer in lora_layers(model).values() if layer.lora_B.weight.requires_grad}
     groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": tcfg.weight_decay},
+        {"params": [p for p in params if p.ndim >= 2 and id(p) not in fast], "weight_decay": tcfg.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if id(p) in fast], "weight_decay": tcfg.weight_decay,
+         "lr": lr * (lr_ratio or 1)},
     ]
     kwargs = dict(tcfg.optimizer or {"_target_": "torch.optim.AdamW", "_partial_": True})
     if kwargs.get("fused") and not _fused_ok(params):

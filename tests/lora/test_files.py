@@ -71,10 +71,10 @@ def test_gpt2_conv1d_round_trip_and_fan_in_fan_out(tiny_gpt2, tmp_path):
     assert torch.equal(tiny_gpt2(x).logits, trained(x).logits)
 
 
-def pissa_trained(base, **kwargs):
-    """A copy of `base` with PiSSA on every linear layer and a 'training' update on A and B."""
+def residual_trained(base, init="pissa", **kwargs):
+    """A copy of `base` with PiSSA / OLoRA on every linear layer and a 'training' update on A and B."""
     model = copy.deepcopy(base)
-    apply_lora(model, LoraConfig(**{"r": 4, "alpha": 8, "target_modules": "all-linear", "init": "pissa", **kwargs}))
+    apply_lora(model, LoraConfig(**{"r": 4, "alpha": 8, "target_modules": "all-linear", "init": init, **kwargs}))
     with torch.no_grad():
         for layer in lora_layers(model).values():
             layer.lora_B.weight.add_(0.05)
@@ -82,12 +82,13 @@ def pissa_trained(base, **kwargs):
     return model
 
 
+@pytest.mark.parametrize("init", ["pissa", "olora"])
 @pytest.mark.parametrize("rslora", [False, True], ids=["lora", "rslora"])
-def test_pissa_is_saved_as_a_plain_lora_delta_on_the_original_base(tiny_llama, tmp_path, rslora):
+def test_residual_inits_are_saved_as_a_plain_lora_delta_on_the_original_base(tiny_llama, tmp_path, rslora, init):
     """W + s' B' A' from the file equals the trained W_res + s B A for every layer (by hand, from the
-    tensors), and the file loaded onto the ORIGINAL base (no PiSSA anywhere) gives the trained logits."""
+    tensors), and the file loaded onto the ORIGINAL base (no PiSSA/OLoRA anywhere) gives the trained logits."""
     original = copy.deepcopy(tiny_llama)
-    trained = pissa_trained(tiny_llama, rslora=rslora, rank_pattern={"layers.1.mlp.down_proj": 2},
+    trained = residual_trained(tiny_llama, init, rslora=rslora, rank_pattern={"layers.1.mlp.down_proj": 2},
                             alpha_pattern={"layers.1.mlp.down_proj": 6})
     save_adapter(trained, tmp_path)
     config, tensors = read_adapter(tmp_path)
@@ -110,11 +111,12 @@ def test_pissa_is_saved_as_a_plain_lora_delta_on_the_original_base(tiny_llama, t
     torch.testing.assert_close(original(x).logits, trained(x).logits, atol=1e-5, rtol=0)
 
 
-def test_pissa_unconverted_round_trip_recomputes_the_residual(tiny_llama, tmp_path):
-    trained = pissa_trained(tiny_llama)
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_residual_init_unconverted_round_trip_recomputes_the_residual(tiny_llama, tmp_path, init):
+    trained = residual_trained(tiny_llama, init)
     save_adapter(trained, tmp_path, convert_residual=False)
     config, tensors = read_adapter(tmp_path)
-    assert (config["init_lora_weights"], config["r"]) == ("pissa", 4)
+    assert (config["init_lora_weights"], config["r"]) == (init, 4)
     assert tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"].shape == (4, 32)
     load_adapter(tiny_llama, tmp_path)
     x = ids()

@@ -79,6 +79,23 @@ def test_pissa_init_is_top_r_svd_and_keeps_output(base):
     torch.testing.assert_close(layer(x), y0, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("base", [nn.Linear(12, 9), Conv1D(nf=9, nx=12)], ids=["linear", "conv1d"])
+def test_olora_init_is_the_qr_of_w_and_keeps_output(base):
+    """peft's olora_init: W = Q R, B = Q[:, :r], A = R[:r] (unscaled), residual W - s B A."""
+    torch.manual_seed(0)
+    W0 = (base.weight.T if isinstance(base, Conv1D) else base.weight).detach().clone()  # (out, in)
+    x = torch.randn(4, 12)
+    y0 = base(x).detach()
+    layer = LoraLinear(base, r=3, alpha=6, init="olora")
+    Q, R = torch.linalg.qr(W0)
+    torch.testing.assert_close(layer.lora_B.weight, Q[:, :3], atol=1e-6, rtol=0)
+    torch.testing.assert_close(layer.lora_A.weight, R[:3], atol=1e-6, rtol=0)
+    W_res = base.weight.T if isinstance(base, Conv1D) else base.weight
+    torch.testing.assert_close(W_res, W0 - 2.0 * Q[:, :3] @ R[:3], atol=1e-6, rtol=0)  # scaling 6 / 3
+    torch.testing.assert_close(layer(x), y0, atol=1e-5, rtol=0)
+    assert torch.equal(layer.init_A0, layer.lora_A.weight) and torch.equal(layer.init_B0, layer.lora_B.weight)
+
+
 def test_dropout_only_on_adapter_input():
     torch.manual_seed(0)
     layer = LoraLinear(nn.Linear(64, 8), r=4, alpha=8, dropout=0.5)

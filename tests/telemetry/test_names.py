@@ -15,6 +15,15 @@ from harness.telemetry import run_name
     ({"name": "lora", "r": 8, "alpha": 16, "target_modules": "all-linear"}, 0, "lora-r8-a16-all-seed0"),
     ({"name": "lora", "r": 8, "alpha": 16, "target_modules": ["intermediate"]}, 0, "lora-r8-a16-intermediate-seed0"),
     ({"name": "full", "lr": 2e-5}, 3, "full-seed3"),
+    # the LoRA family: one name per variant at equal r / alpha / targets
+    ({"name": "lora", "r": 8, "alpha": 16, "target_modules": "query+value", "use_dora": True}, 0,
+     "lora-r8-a16-qv-dora-seed0"),
+    ({"name": "lora", "r": 8, "alpha": 16, "target_modules": "query+value", "init": "olora"}, 1,
+     "lora-r8-a16-qv-olora-seed1"),
+    ({"name": "lora", "r": 8, "alpha": 16, "target_modules": "query+value", "freeze_a": True, "lr_ratio": 1}, 0,
+     "lora-r8-a16-qv-fa-seed0"),
+    ({"name": "lora", "r": 8, "alpha": 16, "target_modules": "query+value", "init": "kaiming", "lr_ratio": 16.0}, 0,
+     "lora-r8-a16-qv-lrr16-seed0"),
 ])
 def test_run_name(method, seed, expected):
     assert run_name(method, seed) == expected
