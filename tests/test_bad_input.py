@@ -66,8 +66,16 @@ BAD = [
                                       r"end in: bert, embeddings, word_embeddings, .*, pooler, activation, "
                                       r"classifier$"),
     ("method.rslora=maybe", r"method\.rslora='maybe' is invalid: must be true or false"),
+    ("method.use_dora=maybe", r"method\.use_dora='maybe' is invalid: must be true or false"),
+    ("method.lr_ratio=0", r"method\.lr_ratio=0\.0 is invalid: must be > 0 \(B's learning rate over A's, e\.g\. 16\), "
+                          r"or null for off"),
+    ("method=lora_fa method.init=pissa", r"method\.freeze_a=True is invalid: LoRA-FA freezes a random A; init=pissa "
+                                         r"sets A from W, use kaiming or gaussian"),
+    ("method=full +method.lr_ratio=16", r"method\.lr_ratio=16\.0 is invalid: a LoRA setting; method\.name=full "
+                                        r"trains every weight \(leave it null\)"),
     ("method.name=adapter", r"method\.name='adapter' is invalid: choose lora or full"),
-    ("method=adapter", r"^method=adapter is invalid: choose full, lora or lora_all_linear$"),
+    ("method=adapter", r"^method=adapter is invalid: choose dora, full, lora, lora_all_linear, lora_fa, lora_plus "
+                       r"or olora$"),
     ("+method.foo=1", r"method\.foo=1 is invalid: not a method setting; settings: name, lr, r, alpha"),
     # model
     ("model.dtype=float7", r"model\.dtype='float7' is invalid: choose float32, bfloat16 or float16"),

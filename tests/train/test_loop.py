@@ -23,7 +23,7 @@ def test_lora_run_writes_complete_record_and_learns(tiny_model_dir, tmp_path):
     assert rec["status"] == "completed" and rec["error"] is None
     assert (rec["method"], rec["model"], rec["task"], rec["seed"]) == ("lora", "tiny_bert", "rotten_tomatoes", 0)
     assert rec["lora"] == {"r": 8, "alpha": 16, "target_modules": ["query", "value"], "dropout": 0.0,
-                           "init": "kaiming", "rslora": False}
+                           "init": "kaiming", "rslora": False, "use_dora": False, "freeze_a": False, "lr_ratio": None}
     # r * (in + out) per adapted layer: 2 layers x {query, value} x 8 * (32 + 32), plus the head
     assert rec["params"]["adapter"] == 2 * 2 * 8 * 64
     assert rec["params"]["head"] == (32 * 32 + 32) + (32 * 2 + 2)  # pooler + classifier
@@ -94,7 +94,8 @@ def test_unknown_group_option_exits_nonzero_naming_choices(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "harness.train", "method=lorax", f"hydra.run.dir={tmp_path}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "harness-train: error: method=lorax is invalid: choose full, lora or lora_all_linear"
+    assert proc.stderr.strip() == ("harness-train: error: method=lorax is invalid: choose dora, full, lora, "
+                                   "lora_all_linear, lora_fa, lora_plus or olora")
 
 
 def test_warmup_then_linear_decay():
@@ -308,3 +309,32 @@ def test_without_a_terminal_the_job_log_gets_progress_lines(tiny_llama_dir, tmp_
     assert rec["lora"]["target_modules"] == ["q_proj", "v_proj"]
     # 2 layers x (q_proj 32 -> 32, v_proj 32 -> 16 with grouped-query attention) at r=8
     assert rec["params"]["adapter"] == 2 * (8 * (32 + 32) + 8 * (32 + 16))
+
+
+# r=8 on query+value of the 2-layer, 32-wide BERT: A and B are 4 x (8 x 32) each; the head is the
+# pooler and the classifier (1056 + 66).
+FAMILY = {
+    "dora": ({"use_dora": True}, 4 * (8 * 64 + 32)),   # plus one magnitude per output feature
+    "lora_plus": ({"lr_ratio": 16}, 4 * 8 * 64),
+    "olora": ({"init": "olora"}, 4 * 8 * 64),
+    "lora_fa": ({"freeze_a": True}, 4 * 8 * 32),       # B alone
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", sorted(FAMILY))
+def test_each_lora_family_preset_trains_end_to_end(tiny_model_dir, tmp_path, preset):
+    run_dir = tmp_path / preset
+    proc = run_cli(tiny_model_dir, run_dir, f"method={preset}", "trainer.max_steps=4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = read_record(run_dir)
+    settings, adapter = FAMILY[preset]
+    plain = {"init": "kaiming", "use_dora": False, "freeze_a": False, "lr_ratio": None}
+    assert {k: rec["lora"][k] for k in plain} == {**plain, **settings}
+    assert rec["config"]["method"] | settings == rec["config"]["method"]  # the composed config says it too
+    assert rec["params"]["adapter"] == adapter and rec["params"]["head"] == 1056 + 66
+    assert rec["status"] == "completed" and math.isfinite(rec["metrics"]["final"]["loss"])
+    assert rec["run_name"].startswith("lora-r8-a16-qv-") and rec["run_name"] != "lora-r8-a16-qv-seed0"
+    config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert config["use_dora"] is (preset == "dora")
+    assert config["r"] == (16 if preset == "olora" else 8)  # olora: the plain rank-2r delta on W
