@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from harness import tiny
-from harness.lora import (CHECKSUM_KEY, CONFIG_NAME, WEIGHTS_NAME, LoraConfig, apply_lora, count_parameters,
+from harness.lora import (CHECKSUM_KEY, CONFIG_NAME, WEIGHTS_NAME, DoraLinear, LoraConfig, apply_lora, count_parameters,
                           load_adapter, lora_layers, read_adapter, save_adapter)
 from tests.lora.helpers import BERT_QV as QV
 from tests.lora.helpers import adapted_bert, ids, train_like
@@ -272,12 +272,12 @@ def _peft_fixture_module():
     return module
 
 
-@pytest.mark.parametrize("case", ["bert_seq_cls", "bert_all_linear_rslora", "gpt2_causal_lm"])
+@pytest.mark.parametrize("case", ["bert_seq_cls", "bert_all_linear_rslora", "gpt2_causal_lm", "bert_dora"])
 def test_loads_adapters_written_by_peft_with_peft_logits(case):
     """Folders PeftModel.save_pretrained wrote (peft 0.21.2; see make_peft_fixtures.py): the harness
     loads them onto the same seeded base and reproduces the logits peft's model gave."""
     fixtures = _peft_fixture_module()
-    assert set(fixtures.CASES) == {"bert_seq_cls", "bert_all_linear_rslora", "gpt2_causal_lm"}
+    assert set(fixtures.CASES) == {"bert_seq_cls", "bert_all_linear_rslora", "gpt2_causal_lm", "bert_dora"}
     kind = fixtures.CASES[case][0]
     folder = PEFT / case
     with safe_open(str(folder / WEIGHTS_NAME), framework="pt") as f:
@@ -285,7 +285,8 @@ def test_loads_adapters_written_by_peft_with_peft_logits(case):
     io = load_file(folder / "io.safetensors")
     model = fixtures.tiny_base(kind)
     names = load_adapter(model, folder)
-    assert len(names) == {"bert_seq_cls": 4, "bert_all_linear_rslora": 13, "gpt2_causal_lm": 6}[case]  # c_proj: attn and mlp
+    assert len(names) == {"bert_seq_cls": 4, "bert_all_linear_rslora": 13, "gpt2_causal_lm": 6,  # c_proj: attn and mlp
+                          "bert_dora": 4}[case]
     with torch.no_grad():
         got = model(input_ids=io["input_ids"], attention_mask=io["attention_mask"]).logits
     assert not torch.allclose(got, fixtures.tiny_base(kind)(input_ids=io["input_ids"]).logits, atol=1e-3)
@@ -295,6 +296,11 @@ def test_loads_adapters_written_by_peft_with_peft_logits(case):
         assert "bert.pooler.dense" in layers and model.lora_config.rslora
         assert {n: l.r for n, l in layers.items() if n.endswith("value")} == {
             f"bert.encoder.layer.{i}.attention.self.value": 2 for i in (0, 1)}
+    if case == "bert_dora":  # peft's trained magnitudes, read from lora_magnitude_vector
+        layer = lora_layers(model)["bert.encoder.layer.0.attention.self.query"]
+        assert isinstance(layer, DoraLinear) and model.lora_config.use_dora
+        key = "base_model.model.bert.encoder.layer.0.attention.self.query.lora_magnitude_vector"
+        assert torch.equal(layer.lora_magnitude_vector.detach(), load_file(folder / WEIGHTS_NAME)[key])
 
 
 def test_peft_loads_the_adapters_the_harness_writes():
@@ -309,5 +315,7 @@ def test_peft_loads_the_adapters_the_harness_writes():
     for case, result in report["cases"].items():
         assert result["loaded"], (case, result)
         assert result["max_abs_logit_diff"] <= 1e-5, (case, result)
-    assert report["cases"]["bert_pissa_converted"]["r"] == 8  # rank 2r: the plain delta on the original base
+    for case in ("bert_pissa_converted", "bert_olora_converted", "bert_dora_olora_converted"):
+        assert report["cases"][case]["r"] == 8  # rank 2r: the plain delta on the original base
+    assert {"bert_dora", "gpt2_dora_conv1d", "bert_dora_resaved"} <= set(report["cases"])
     assert report["cases"]["bert_head_not_trained"]["modules_to_save"] == ["classifier"]
