@@ -62,7 +62,8 @@ class MethodConfig:
         check(self.lr_ratio is None or self.lr_ratio > 0, "method.lr_ratio", self.lr_ratio,
               "must be > 0 (B's learning rate over A's, e.g. 16), or null for off")
         if self.name == "full":  # nothing of LoRA's applies; a silently ignored setting would mislabel a row
-            for key, off, text in (("use_dora", False, "false"), ("freeze_a", False, "false"), ("lr_ratio", None, "null")):
+            for key, off, text in (("use_dora", False, "false"), ("freeze_a", False, "false"),
+                                   ("lr_ratio", None, "null")):
                 check(getattr(self, key) == off, f"method.{key}", getattr(self, key),
                       f"a LoRA setting; method.name=full trains every weight (leave it {text})")
         targets = self.target_modules

@@ -53,8 +53,10 @@ def _variant_tags(method_cfg: Any) -> list[str]:
     one family study get one name each: ["dora"], ["olora", "fa"], ["lrr16"] (LoRA+), [] for LoRA."""
     init = _cfg_get(method_cfg, "init", "kaiming")
     ratio = _cfg_get(method_cfg, "lr_ratio")
-    return (["dora"] if _cfg_get(method_cfg, "use_dora") else []) + ([init] if init not in (None, "kaiming") else []) \
-        + (["fa"] if _cfg_get(method_cfg, "freeze_a") else []) + ([f"lrr{_num(ratio)}"] if ratio not in (None, 1) else [])
+    tags = ["dora"] if _cfg_get(method_cfg, "use_dora") else []
+    tags += [init] if init not in (None, "kaiming") else []
+    tags += ["fa"] if _cfg_get(method_cfg, "freeze_a") else []
+    return tags + ([f"lrr{_num(ratio)}"] if ratio not in (None, 1) else [])
 
 
 def run_name(method_cfg: Any, seed: int, include_lr: bool = False) -> str:
@@ -68,7 +70,7 @@ def run_name(method_cfg: Any, seed: int, include_lr: bool = False) -> str:
         if r is None or alpha is None:
             raise ValueError(f"a lora method config needs r and alpha, got r={r!r}, alpha={alpha!r}")
         parts = ["lora", f"r{_num(r)}", f"a{_num(alpha)}",
-                 _targets_abbrev(_cfg_get(method_cfg, "target_modules", "all-linear"))] + _variant_tags(method_cfg)
+                 _targets_abbrev(_cfg_get(method_cfg, "target_modules", "all-linear")), *_variant_tags(method_cfg)]
     elif method == "full":
         parts = ["full"]
     else:
