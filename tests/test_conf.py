@@ -19,7 +19,9 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 ADDED_SINCE = {"model.dropout": None,  # null: the checkpoint's own dropout, as before model.dropout existed
                "model.cache_dir": None, "task.cache_dir": None,  # the default cache root
                "trainer.select_best": False, "trainer.restart": False,
-               "paths.output_dir": "outputs", "paths.cache_dir": None}
+               "paths.output_dir": "outputs", "paths.cache_dir": None,
+               # the LoRA family, off: plain LoRA as it ran before the keys existed
+               "method.use_dora": False, "method.freeze_a": False, "method.lr_ratio": None}
 # Spelled differently today, meaning the same on MiniLM (a BERT): {key: {today: as recorded}}.
 RESPELLED = {"method.target_modules": {"query+value": ["query", "value"]},  # harness.lora QUERY_VALUE_TARGETS["bert"]
              "method.rank_pattern": {None: {}}, "method.alpha_pattern": {None: {}}}
