@@ -145,3 +145,16 @@ def test_dora_and_plain_adapters_do_not_share_one_base(tiny_bert, tmp_path):
     apply_lora(tiny_bert, LoraConfig(r=4, alpha=8, modules_to_save=["classifier"]))
     with pytest.raises(ValueError, match="use_dora=True but the model's LoRA layers have use_dora=False"):
         load_adapter(tiny_bert, tmp_path)
+
+
+def test_autocast_runs_in_bf16_and_keeps_fp32_grads():
+    torch.manual_seed(0)
+    layer = trained_layer(nn.Linear(16, 8))
+    x = torch.randn(3, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    y.float().sum().backward()
+    assert y.dtype == torch.bfloat16
+    assert {p.grad.dtype for p in (layer.lora_A.weight, layer.lora_B.weight, layer.lora_magnitude_vector)} == \
+        {torch.float32}
+    torch.testing.assert_close(y.float(), layer(x).detach(), atol=0.05, rtol=0.02)  # bf16 rounding only
