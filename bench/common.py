@@ -269,7 +269,7 @@ def build_model(method, model_cfg, device: torch.device | str = "cpu", seed: int
     model.to(device)
     if not optimizer:
         return model, None
-    opt = build_optimizer(trainer_config(), model, method.lr)
+    opt = build_optimizer(trainer_config(), model, method.lr, method.lr_ratio)
     if not all(g.get("fused") for g in opt.param_groups):
         raise RuntimeError("the optimizer is not fused AdamW; the LoRA vs full comparison needs it on both sides")
     return model, opt

@@ -46,13 +46,14 @@ class Config:
     lora_dropout: float = 0.0
     model_dropout: bool = True  # False: the checkpoint's 0.1 hidden/attention dropout set to 0
     plain: bool = False  # True: LoraLinear forward swapped for loralib's plain wrapper (bench.lora_layer)
+    extra: tuple = ()  # more method keys, as (key, value) pairs: the LoRA family's (use_dora, ...)
 
     def method_config(self):
         if self.method == "full":
             return common.method_config("full")
         targets = self.targets if isinstance(self.targets, str) else list(self.targets)
         return common.method_config("lora", r=self.r, alpha=2 * self.r, dropout=self.lora_dropout,
-                                    target_modules=targets)
+                                    target_modules=targets, **dict(self.extra))
 
 
 MAIN = (Config("full FT", "full"), Config("LoRA q+v r=8", "lora"),
@@ -63,7 +64,15 @@ DROPOUT = (Config("full FT, model dropout off", "full", model_dropout=False),
            Config("LoRA q+v r=8, + LoRA dropout 0.1", "lora", lora_dropout=0.1))
 PLAIN = (Config("LoRA q+v r=8, plain wrapper", "lora", plain=True),
          Config("LoRA all-linear r=8, plain wrapper", "lora", "all-linear", plain=True))
-CONFIGS = {c.name: c for c in MAIN + DROPOUT + PLAIN}
+# The LoRA family (issue 17) as the defaults run them: q+v r=8, the checkpoint's dropout off. LoRA+
+# and OLoRA compute exactly what LoRA does per step (a learning-rate ratio; an init): timed anyway,
+# so the table shows it. DoRA adds the row norms of W0 + s B A every call; LoRA-FA skips A's gradient.
+FAMILY_BASE = DROPOUT[:2]  # full FT and LoRA q+v r=8, model dropout off
+FAMILY = FAMILY_BASE + tuple(
+    Config(name, "lora", model_dropout=False, extra=extra) for name, extra in (
+        ("DoRA q+v r=8", (("use_dora", True),)), ("LoRA+ q+v r=8, ratio 16", (("lr_ratio", 16),)),
+        ("OLoRA q+v r=8", (("init", "olora"),)), ("LoRA-FA q+v r=8", (("freeze_a", True),))))
+CONFIGS = {c.name: c for c in MAIN + DROPOUT + PLAIN + FAMILY}
 
 
 def build(cfg: Config, model_cfg, device):
@@ -184,6 +193,8 @@ def main(argv=None) -> None:
     parser.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
     parser.add_argument("--plain", action="store_true",
                         help="at the longest T, also time LoRA with loralib's plain wrapper layout instead of LoraLinear's")
+    parser.add_argument("--family", action="store_true",
+                        help="at the longest T, also time the LoRA family (DoRA, LoRA+, OLoRA, LoRA-FA) and their peak RSS")
     parser.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--batches", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-steps", type=int, default=2, help=argparse.SUPPRESS)
@@ -207,7 +218,9 @@ def main(argv=None) -> None:
     for seq_len in args.seq_lens:
         dropout_rows = not args.no_dropout_table and seq_len == max(args.seq_lens)
         plain_rows = args.plain and seq_len == max(args.seq_lens)
+        family_rows = args.family and seq_len == max(args.seq_lens)
         configs = MAIN + (DROPOUT if dropout_rows else ()) + (PLAIN if plain_rows else ())
+        configs += tuple(c for c in (FAMILY if family_rows else ()) if c not in configs)
         batches = common.packed_batches(tokenizer, batch, seq_len, 4)
         built = {c.name: build(c, model_cfg, device) for c in configs}
         steps = {name: make_step(m, o, batches, device) for name, (m, o) in built.items()}
@@ -260,13 +273,23 @@ def main(argv=None) -> None:
             record.table(f"LoRA layer layout: loralib's plain wrapper vs harness LoraLinear, B={batch}, T={seq_len}",
                          ["config", "step ms", "harness LoRA ms", "x harness LoRA", "plain x full FT",
                           "harness LoRA x full FT"], rows)
+        if family_rows:
+            full, lora = (c.name for c in FAMILY_BASE)
+            rows = [[c.name, info[c.name]["median"] * 1e3, f"±{info[c.name]['noise']:.0%}",
+                     common.paired_ratio(times[c.name], times[full])["ratio"],
+                     common.paired_ratio(times[c.name], times[lora])["ratio"],
+                     info[c.name]["trainable"], info[c.name]["state"] / common.MIB] for c in FAMILY]
+            record.table(f"The LoRA family, B={batch}, T={seq_len} ({device.type}, model dropout off as the defaults): "
+                         "rows timed in the same alternation",
+                         ["config", "step ms", "noise", "x full FT", "x LoRA", "trainable", "train state MiB"], rows)
     if not args.no_rss:
         seq_len = max(args.seq_lens)
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "batches.pt"
             torch.save(common.packed_batches(tokenizer, batch, seq_len, 2), path)
-            for c in MAIN[:1] if args.quick else MAIN:
+            measured = MAIN + (FAMILY[1:] if args.family else ())
+            for c in measured[:1] if args.quick else measured:
                 print(f"peak RSS: {c.name} in a fresh process")
                 mem = common.run_child("bench.train_step", ["--child", c.name, "--batches", str(path)]
                                        + (["--quick"] if args.quick else []))

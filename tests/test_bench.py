@@ -76,7 +76,7 @@ def _rows(table):
 
 @pytest.mark.slow  # its Memory table comes from one subprocess per config
 def test_train_step_quick(tmp_path):
-    tables = _quick(train_step, tmp_path, "--plain")
+    tables = _quick(train_step, tmp_path, "--plain", "--family")
     rows = _rows(tables["Training step"])
     assert rows["LoRA q+v r=8"]["trainable"] == 3_170  # the tiny BERT of common.tiny_model_dir, as in the CLI tests
     assert rows["full FT"]["x full FT"] == 1.0 and rows["full FT"]["GEMM FLOPs x full"] == 1.0
@@ -86,6 +86,13 @@ def test_train_step_quick(tmp_path):
         "LoRA q+v r=8, plain wrapper", "LoRA all-linear r=8, plain wrapper"}
     mem = _rows(tables["Memory"])["full FT"]
     assert mem["peak RSS MiB"] >= mem["RSS built MiB"] > 100
+    family = _rows(tables["The LoRA family"])
+    # DoRA adds one magnitude per output feature (2 layers x {q, v} x 32); LoRA-FA trains no A (2 x 2 x 8 x 32)
+    assert {name: row["trainable"] for name, row in family.items()} == {
+        "full FT, model dropout off": rows["full FT"]["trainable"], "LoRA q+v r=8, model dropout off": 3_170,
+        "DoRA q+v r=8": 3_170 + 128, "LoRA+ q+v r=8, ratio 16": 3_170, "OLoRA q+v r=8": 3_170,
+        "LoRA-FA q+v r=8": 3_170 - 1_024}
+    assert family["full FT, model dropout off"]["x full FT"] == 1.0
 
 
 def test_lora_layer_quick(tmp_path):
