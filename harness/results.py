@@ -82,7 +82,7 @@ LOST_KEYS = ("status", "error", "method", "model", "task", "seed", "sweep", "con
 class RunRecord:
     """One run's `results.json`, the file every table reads, filled in as results become known,
     so a run that fails keeps what it had. `to_dict()` is the file's content, in this field order."""
-    status: str = "running"             # running -> completed | failed | preempted
+    status: str = "running"             # running -> completed | failed | preempted | pruned (a packed sweep's halving)
     error: str | None = None            # "ExceptionType: first line of the message"
     method: str | None = None
     model: str | None = None
@@ -100,6 +100,7 @@ class RunRecord:
     git: dict | None = None
     device: str | None = None           # "cpu" or the CUDA device's name
     sweep: dict | None = None           # {dir, job_num, overrides}
+    packed: dict | None = None          # {size, pack_id, ...}: trained in a pack (harness/pack); None: alone
     config: dict | None = None          # the job's config, redacted (resolved once it resolves)
     traceback: str | None = None
     attempt: int | None = None

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from bench import (adapter_switch, common, default_sweep, harness_overhead, lora_layer, merged_inference, padding, sweep_overhead,
+from bench import (adapter_switch, common, default_sweep, harness_overhead, lora_layer, merged_inference, packed_sweep, padding, sweep_overhead,
                    train_step)
 from harness.lora import LoraConfig, LoraLinear, apply_lora
 from harness.tiny import tiny_bert
@@ -141,6 +141,17 @@ def test_sweep_overhead_quick(tmp_path):
     row = tables["Sweep overhead"]["rows"][0]
     assert row[1] == 4 and row[-1] == "3 files, 0 written after job 0"  # tokenized once, reused by jobs 1-3
     assert len(tables["Per job"]["rows"]) == 4
+
+
+@pytest.mark.slow  # runs the real CLI's sweeps (sequential, packed, pruned) in subprocesses
+def test_packed_sweep_quick(tmp_path):
+    tables = _quick(packed_sweep, tmp_path)
+    rows = tables["K LoRA jobs (4 steps each)"]["rows"]
+    assert [r[:2] for r in rows] == [[2, "sequential"], [2, "packed"]]
+    assert rows[1][-1] < 1e-4  # packed twins equal their sequential runs (fp32 CPU)
+    search = _rows(tables["8-configuration search (lr 5e-4"])
+    assert search["packed + halving"]["pruned"] == 7 and search["packed, to the end"]["pruned"] == 0
+    assert search["packed, to the end"]["same best"] is True
 
 
 @pytest.mark.slow

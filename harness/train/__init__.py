@@ -5,7 +5,8 @@
     state.py       LoopState: the loop's position, as checkpoints carry it
     checkpoint.py  atomic checkpoints, resume, the config fingerprint
     weights.py     BestWeights (trainer.select_best), saving the adapter or model
-    loop.py        fit: setup, one loop, finalize; the step hook (StepEnd)
+    step.py        one step's forward/backward over its micro-batches; the step hook (StepEnd)
+    loop.py        fit: setup, one loop (Training's step methods), finalize
     job.py         run_job: one Hydra job, its attempt, tracker and record
     sweep.py       run_forked (a process per job), lost-job records, SweepReport
     __init__.py    main: `harness-train` / `python -m harness.train` (here, so that Hydra names the
@@ -26,11 +27,12 @@ import sys
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
 from .checkpoint import RESUME_SAFE, fingerprint, resume_config  # noqa: E402
-from .job import job_run_name, lr_is_swept, run_job  # noqa: E402
-from .loop import StepEnd, StepHook, accumulate_gradients, build_model, fit, prepare_model  # noqa: E402
+from .job import JobRun, job_info, job_run_name, lr_is_swept, run_job  # noqa: E402
+from .loop import Training, build_model, finalize, fit, prepare_model, setup, train  # noqa: E402
+from .step import StepEnd, StepHook, accumulate_gradients  # noqa: E402
 from .optim import build_optimizer, warmup_linear_decay  # noqa: E402
 from .progress import Progress  # noqa: E402
-from .runtime import Preempted, Signals, TrainingFailed, autocast, pick_device, seed_everything  # noqa: E402
+from .runtime import Preempted, Signals, TrainingFailed, autocast, pick_device, seed_everything, to_device  # noqa: E402
 from .state import LoopState  # noqa: E402
 from .sweep import SweepReport, run_forked  # noqa: E402
 from .weights import BestWeights, save_trained  # noqa: E402
@@ -44,10 +46,10 @@ from harness.telemetry import install_secret_redaction, redact_text  # noqa: E40
 
 log = logging.getLogger("harness")
 
-__all__ = ["RESUME_SAFE", "BestWeights", "LoopState", "Preempted", "Progress", "Signals", "StepEnd", "StepHook",
-           "SweepReport", "TrainingFailed", "accumulate_gradients", "autocast", "build_model", "build_optimizer",
-           "fingerprint", "fit", "job_run_name", "lr_is_swept", "main", "pick_device", "prepare_model",
-           "resume_config", "run_forked", "run_job", "save_trained", "seed_everything", "warmup_linear_decay"]
+__all__ = ["RESUME_SAFE", "BestWeights", "JobRun", "LoopState", "Preempted", "Progress", "Signals", "StepEnd", "StepHook",
+           "SweepReport", "Training", "TrainingFailed", "finalize", "setup", "train", "accumulate_gradients", "autocast", "build_model", "build_optimizer",
+           "fingerprint", "fit", "job_info", "job_run_name", "lr_is_swept", "main", "pick_device", "prepare_model",
+           "resume_config", "run_forked", "run_job", "save_trained", "seed_everything", "to_device", "warmup_linear_decay"]
 
 
 # An absolute path: a relative one resolves against the `harness` package when run as a console script.

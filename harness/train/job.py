@@ -23,7 +23,7 @@ from harness.results import (Attempt, RunRecord, finish_attempt, fresh_attempt, 
 from harness.telemetry import Tracker, install_secret_redaction, redact, redact_text, redact_yaml_file, run_name
 
 from . import checkpoint, loop
-from .loop import StepHook
+from .step import StepHook
 from .runtime import Preempted, Signals, seed_everything
 
 log = logging.getLogger("harness")
@@ -75,28 +75,55 @@ def run_job(cfg: DictConfig, on_step: StepHook | None = None) -> float:
     t0 = time.perf_counter()
     reset_peak_rss()
     run_dir, multirun, sweep = job_info(cfg)
-    install_secret_redaction()  # already done by main(); a launcher's worker process may not run it
-    _redact_hydra_files(run_dir, sweep)
-    previous = read_results(run_dir)
-    # `is True`: a bad value (resume=maybe) must not skip anything; validate() rejects it below.
-    if cfg.get("resume") is True and previous and previous.get("status") == "completed":
-        log.info("resume=true: %s already completed, skipping", run_dir)
-        return float(previous["metrics"]["final"].get(previous["metrics"]["main_metric"]) or float("nan"))
-
-    record = RunRecord.start(cfg, sweep)
-    tracker = attempt = None
+    job = JobRun(cfg, run_dir, multirun, sweep, t0)
+    if job.skipped is not None:
+        return job.skipped
     try:
+        method, tcfg = job.begin(include_lr=lr_is_swept(HydraConfig.get()))
+        with Signals(immediate=True):  # outside the step loop a signal stops at once, as preempted
+            loop.fit(cfg, method, tcfg, run_dir, job.tracker, job.record, job.attempt, on_step=on_step)
+        job.record.status = "completed"
+    except Exception as e:  # noqa: BLE001 - every failure is recorded, never lost
+        job.fail(e)
+    finally:
+        job.end()
+    return job.result()
+
+
+class JobRun:
+    """One job's run folder, record, attempt and W&B run around its training: what `run_job` does
+    before and after `fit`, kept apart so that a packed sweep (harness/pack) wraps each of its
+    jobs in exactly the same, with one training between them.
+
+    `skipped`: the job's main metric when `resume=true` found it completed (nothing else runs)."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, multirun: bool, sweep: dict, t0: float):
+        self.cfg, self.run_dir, self.multirun, self.sweep, self.t0 = cfg, run_dir, multirun, sweep, t0
+        self.tracker = self.attempt = None
+        self.skipped = None
+        install_secret_redaction()  # already done by main(); a launcher's worker process may not run it
+        _redact_hydra_files(run_dir, sweep)
+        previous = read_results(run_dir)
+        # `is True`: a bad value (resume=maybe) must not skip anything; validate() rejects it below.
+        if cfg.get("resume") is True and previous and previous.get("status") == "completed":
+            log.info("resume=true: %s already completed, skipping", run_dir)
+            self.skipped = float(previous["metrics"]["final"].get(previous["metrics"]["main_metric"]) or float("nan"))
+        self.record = RunRecord.start(cfg, sweep)
+
+    def begin(self, include_lr: bool):
+        """Attempt, tracker, validation; returns (method, trainer) configs. Raises what is wrong."""
+        cfg, record = self.cfg, self.record
         config = record.config = redact(OmegaConf.to_container(cfg, resolve=True))
-        record.run_name = job_run_name(cfg, include_lr=lr_is_swept(HydraConfig.get()))
-        attempt = _begin_attempt(cfg, config, run_dir, record.git, t0)
-        group = cfg.logger.get("group") or (cfg.sweep_name if multirun else None)
+        record.run_name = job_run_name(cfg, include_lr=include_lr)
+        self.attempt = _begin_attempt(cfg, config, self.run_dir, record.git, self.t0)
+        group = cfg.logger.get("group") or (cfg.sweep_name if self.multirun else None)
         # Started before validation, so a job with a bad value shows up as a failed W&B run too.
-        tracker = Tracker.start(cfg.logger, run_dir, record.run_name, group=group, job_type=record.method,
-                                config={**config, "versions": record.versions, "git": record.git},
-                                tags=[record.method, record.model, record.task],
-                                main_metric=cfg.task.get("main_metric"),
-                                greater_is_better=cfg.task.get("greater_is_better", True),
-                                metrics_path=attempt.curve, run_id=attempt.wandb_run_id)
+        self.tracker = Tracker.start(cfg.logger, self.run_dir, record.run_name, group=group, job_type=record.method,
+                                     config={**config, "versions": record.versions, "git": record.git},
+                                     tags=[record.method, record.model, record.task],
+                                     main_metric=cfg.task.get("main_metric"),
+                                     greater_is_better=cfg.task.get("greater_is_better", True),
+                                     metrics_path=self.attempt.curve, run_id=self.attempt.wandb_run_id)
         method, tcfg = validate(cfg)
         if method.lora is not None:
             lora = method.lora
@@ -104,33 +131,46 @@ def run_job(cfg: DictConfig, on_step: StepHook | None = None) -> float:
                            "dropout": lora.dropout, "init": lora.init, "rslora": lora.rslora,
                            "use_dora": lora.use_dora, "freeze_a": lora.freeze_a, "lr_ratio": method.lr_ratio}
         seed_everything(cfg.seed)
-        with Signals(immediate=True):  # outside the step loop a signal stops at once, as preempted
-            loop.fit(cfg, method, tcfg, run_dir, tracker, record, attempt, on_step=on_step)
-        record.status = "completed"
-    except Exception as e:  # noqa: BLE001 - every failure is recorded, never lost
+        return method, tcfg
+
+    def fail(self, e: BaseException) -> None:
+        """Record a failure (preempted for `Preempted`), its one line on the console, its trace in the log."""
+        record = self.record
         record.status = "preempted" if isinstance(e, Preempted) else "failed"
         record.error = f"{type(e).__name__}: {e}".splitlines()[0]
-        record.traceback = traceback.format_exc()
+        record.traceback = "".join(traceback.format_exception(e))
         _log_traceback_to_file(record.traceback)
         log.error("%s: %s", record.status, record.error)
-    finally:
-        wall = time.perf_counter() - t0
+
+    def end(self) -> None:
+        """Wall time, the record written (completed or not), the W&B run finished."""
+        record = self.record
+        wall = time.perf_counter() - self.t0
         if record.segments:  # a resumed run's wall time is the sum over its processes
             record.segments[-1]["wall_time_s"] = wall
             wall = sum(s["wall_time_s"] or 0.0 for s in record.segments)
         record.wall_time_s = wall
         record.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        path = finish_attempt(run_dir, attempt, record) if attempt else write_results(run_dir, record)
-        if tracker is not None:
-            tracker.finish(record.to_dict())
+        path = finish_attempt(self.run_dir, self.attempt, record) if self.attempt else write_results(self.run_dir, record)
+        if self.tracker is not None:
+            self.tracker.finish(record.to_dict())
         release_cuda_memory()
         log.info("results: %s", path)
-    if record.status != "completed":
-        # A preempted sweep must stop (the machine is being taken away); a failed job must not stop it.
-        if not multirun or record.status == "preempted":
-            sys.exit(1)
-        return float("nan")
-    return float(record.metrics["final"].get(record.metrics["main_metric"]) or float("nan"))
+
+    def value(self) -> float:
+        """The main validation metric, NaN unless completed (or pruned: its metrics so far)."""
+        if self.record.status not in ("completed", "pruned") or not self.record.metrics:
+            return float("nan")
+        return float(self.record.metrics["final"].get(self.record.metrics["main_metric"]) or float("nan"))
+
+    def result(self) -> float:
+        """What `run_job` returns; exits instead where the job must stop its caller."""
+        if self.record.status != "completed":
+            # A preempted sweep must stop (the machine is being taken away); a failed job must not stop it.
+            if not self.multirun or self.record.status == "preempted":
+                sys.exit(1)
+            return float("nan")
+        return self.value()
 
 
 def _plain(value):

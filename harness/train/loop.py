@@ -7,14 +7,11 @@ RunRecord as results become known, so a run that fails keeps what it had.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import shutil
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,15 +23,16 @@ from harness.lora import apply_lora, count_parameters, trainable_state_bytes
 from harness.telemetry import CudaPeaks, StepTimer, memory_row, memory_summary, model_flops, peak_bf16_flops
 from harness.models import load_model, load_tokenizer
 from harness.results import Attempt, RunRecord
-from harness.scoring import evaluate_model, generate_samples, loss_items, summed_loss
+from harness.scoring import evaluate_model, generate_samples
 from harness.data import build_task
 from harness.telemetry import Tracker
 
 from . import checkpoint
 from .optim import build_optimizer, warmup_linear_decay
 from .progress import Progress
-from .runtime import Preempted, Signals, TrainingFailed, autocast, pick_device, seed_everything, to_device
+from .runtime import Preempted, Signals, TrainingFailed, autocast, pick_device, seed_everything
 from .state import LoopState, empty_window
+from .step import StepEnd, StepHook, accumulate_gradients
 from .weights import BestWeights, save_trained
 
 log = logging.getLogger("harness")
@@ -67,44 +65,6 @@ def build_model(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, task
     return model, adapted
 
 
-def accumulate_gradients(model: torch.nn.Module, micro: list[dict], kind: str, device: torch.device,
-                         autocast=contextlib.nullcontext) -> torch.Tensor:
-    """Forward and backward over the micro-batches of one optimizer step; returns the step's loss.
-
-    The loss is summed over every item of the step (examples; response tokens for causal LMs) and
-    divided by the step's total item count, so the gradient is the one of a single batch holding
-    all the micro-batches: a short last batch, or micro-batches with different numbers of response
-    tokens, weigh by their items and not as whole micro-batches (transformers' `num_items_in_batch`
-    fix). The summed loss comes from the logits (harness.scoring.summed_loss), not from the model.
-    """
-    items = sum(loss_items(kind, b["labels"]) for b in micro)  # on the host: no device sync
-    total = torch.zeros((), device=device)
-    for batch in micro:
-        batch = to_device(batch, device)
-        labels = batch.pop("labels")
-        with autocast():
-            logits = model(**batch).logits
-        loss = summed_loss(kind, logits, labels) / items
-        loss.backward()
-        total += loss.detach()
-    return total
-
-
-@dataclass
-class StepEnd:
-    """What a step hook (`fit(on_step=...)`) gets after each optimizer step, once the step's
-    logging, evaluation and checkpoint are done: bench/ times the real loop with it."""
-    step: int                 # optimizer steps done
-    loss: float               # this step's loss (NaN/inf for a skipped step)
-    grad_norm: float
-    tokens: int               # real (unpadded) tokens of the step
-    seconds: float            # the step's time as the step timer measured it
-    row: dict | None          # the train row logged at this step, None between logging steps
-
-
-StepHook = Callable[[StepEnd], None]
-
-
 class Training:
     """What one `fit` holds while it runs; `setup` builds it, `train` steps it, `finalize` reports."""
 
@@ -125,6 +85,106 @@ class Training:
         self.tracker.log({"epoch": epoch, **{f"eval/{k}": v for k, v in metrics.items()}}, step=step)
         log.info("eval @ step %d: %s", step, "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if v is not None))
         return metrics
+
+    def begin_training(self, quiet: bool = False) -> None:
+        """Before the first step: trainable parameters, train mode, the progress display (none
+        when `quiet`: a pack reports for all its jobs)."""
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.model.train()
+        self.batches = None
+        self.bar = tqdm(total=self.total_steps, initial=self.state.step, desc=self.record.run_name,
+                        dynamic_ncols=True, disable=True if quiet else None)
+        # No terminal (Slurm, nohup, CI): tqdm turns the bar off, so the job log gets a progress line at
+        # every logging step instead, and `tail -f train.log` shows the run is alive.
+        self.progress = (Progress(self.total_steps, self.state.step)
+                         if not quiet and (self.bar.disable or not sys.stdout.isatty()) else None)
+
+    def next_micro(self) -> list[dict] | None:
+        """The next optimizer step's micro-batches, None once training is done. Starts the step
+        timer: fetching and collating are part of the step."""
+        state, tcfg = self.state, self.tcfg
+        while state.step < self.total_steps:
+            if self.batches is None:
+                epoch = state.step // self.steps_per_epoch
+                skip = (state.step % self.steps_per_epoch) * tcfg.grad_accum  # resuming mid-epoch
+                self.timer.start()  # the loader's set-up (worker start-up) is data time of the next step
+                self.batches = iter(self.task.train_loader(tcfg.batch_size, self.cfg.seed, epoch, skip_batches=skip,
+                                                           num_workers=tcfg.num_workers))
+                if self.rng is not None:
+                    checkpoint.set_rng_state(self.rng)
+                    self.rng = None
+            self.timer.start()  # the step: fetch + collate, forward/backward, update
+            micro = [b for _, b in zip(range(tcfg.grad_accum), self.batches)]
+            if micro:
+                self.timer.data_ready()
+                return micro
+            self.batches = None  # epoch exhausted; the clock runs on into the next epoch's first step
+        return None
+
+    def clip_and_update(self, loss: float) -> float:
+        """Clip this run's gradients by their own norm, then step the optimizer and schedule, or
+        handle a non-finite step (trainer.on_nan: fail raises TrainingFailed, skip drops it).
+        Returns the gradient norm before clipping."""
+        tcfg, state = self.tcfg, self.state
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.trainable, tcfg.max_grad_norm or float("inf")))
+        if not math.isfinite(loss) or not math.isfinite(grad_norm):
+            if tcfg.on_nan == "fail":
+                raise TrainingFailed(f"non-finite loss/grad norm ({loss}/{grad_norm}) at step {state.step + 1}")
+            log.warning("non-finite loss at step %d: step skipped", state.step + 1)
+            state.skipped_steps += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+        else:
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def stop_timer(self, micro: list[dict]) -> tuple[int, float]:
+        """End the step's clock; returns (real tokens of the step, its seconds)."""
+        tokens = sum(int(b["attention_mask"].sum()) for b in micro)
+        padded = sum(b["attention_mask"].numel() for b in micro)
+        step_flops = sum(self.flops.of_batch(b["attention_mask"]) for b in micro) if self.flops else 0.0
+        return tokens, self.timer.stop(tokens, padded, sum(len(b["attention_mask"]) for b in micro), step_flops)
+
+    def end_step(self, loss: float, grad_norm: float, tokens: int, dt: float, on_step: StepHook | None = None) -> None:
+        """After the update: count the step, log its row, evaluate and checkpoint when due, call the hook."""
+        tcfg, state = self.tcfg, self.state
+        state.step += 1
+        step = state.step
+        self.bar.update(1)
+        window = state.window
+        if math.isfinite(loss):
+            window["loss"] += loss
+            window["n"] += 1
+        window["tokens"] += tokens
+        window["time"] += dt
+        row = None
+        if step % tcfg.log_every == 0 or step == self.total_steps:
+            row = {"epoch": step / self.steps_per_epoch,
+                   "train/loss": window["loss"] / window["n"] if window["n"] else None,
+                   "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
+                   "train/tokens_per_s": window["tokens"] / window["time"],
+                   **memory_row(self.device, self.peaks)}
+            self.tracker.log(row, step=step)
+            state.train_loss = row["train/loss"]
+            self.bar.set_postfix(loss=row["train/loss"], tok_s=f"{row['train/tokens_per_s']:.0f}")
+            if self.progress is not None:
+                self.progress.log(step, row["train/loss"], row["train/tokens_per_s"])
+            state.window = empty_window()
+        end_of_epoch = step % self.steps_per_epoch == 0
+        if (tcfg.eval_every and step % tcfg.eval_every == 0) or (not tcfg.eval_every and end_of_epoch):
+            self.evaluate(step)
+        if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step < self.total_steps:
+            self.save_checkpoint()
+        if on_step is not None:
+            on_step(StepEnd(step, loss, grad_norm, tokens, dt, row))
+
+    def preempt(self, signum: int) -> None:
+        """A signal arrived during training: checkpoint, then end the run as preempted."""
+        path = self.save_checkpoint()
+        self.record.segments = self.state.segments
+        raise Preempted(f"signal {signum} at step {self.state.step}; checkpoint saved at {path}")
 
     def segments_now(self) -> list[dict]:
         return self.prior + [{**self.segment, "to_step": self.state.step,
@@ -150,8 +210,10 @@ def fit(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, run_dir: Pat
     finalize(run)
 
 
-def setup(cfg, method, tcfg, run_dir, tracker, record, attempt) -> Training:
-    """Data, model, optimizer and schedule, resumed from the newest checkpoint when there is one."""
+def setup(cfg, method, tcfg, run_dir, tracker, record, attempt, tokenizer=None, task=None) -> Training:
+    """Data, model, optimizer and schedule, resumed from the newest checkpoint when there is one.
+    A packed sweep (harness/pack) passes the pack's one `tokenizer` and `task`; the model is still
+    built here, after the same seeding, so that its head and adapters draw what a solo run draws."""
     run = Training()
     run.cfg, run.method, run.tcfg, run.run_dir, run.tracker, run.record, run.attempt = (
         cfg, method, tcfg, run_dir, tracker, record, attempt)
@@ -160,8 +222,8 @@ def setup(cfg, method, tcfg, run_dir, tracker, record, attempt) -> Training:
     run.autocast = autocast(device, tcfg.precision)
 
     seed_everything(cfg.seed)
-    run.tokenizer = load_tokenizer(cfg.model)
-    run.task = task = build_task(cfg.task, run.tokenizer, seed=cfg.seed)
+    run.tokenizer = tokenizer or load_tokenizer(cfg.model)
+    run.task = task = task or build_task(cfg.task, run.tokenizer, seed=cfg.seed)
     seed_everything(cfg.seed)  # the model init and LoRA's A must not depend on what data loading drew
     run.model, adapted = build_model(cfg, method, tcfg, task, run.tokenizer, device)
     if adapted:
@@ -209,81 +271,17 @@ def setup(cfg, method, tcfg, run_dir, tracker, record, attempt) -> Training:
 
 def train(run: Training, on_step: StepHook | None = None) -> None:
     """The loop: one optimizer step per iteration, until trainer.max_steps (or the epochs) are done."""
-    tcfg, task, state, model, timer = run.tcfg, run.task, run.state, run.model, run.timer
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    model.train()
-    bar = tqdm(total=run.total_steps, initial=state.step, desc=run.record.run_name, dynamic_ncols=True, disable=None)
-    # No terminal (Slurm, nohup, CI): tqdm turns the bar off, so the job log gets a progress line at
-    # every logging step instead, and `tail -f train.log` shows the run is alive.
-    progress = Progress(run.total_steps, state.step) if bar.disable or not sys.stdout.isatty() else None
+    run.begin_training()
     with Signals() as signals:
-        while state.step < run.total_steps:
-            epoch = state.step // run.steps_per_epoch
-            skip = (state.step % run.steps_per_epoch) * tcfg.grad_accum  # resuming mid-epoch
-            timer.start()  # the loader's set-up (worker start-up) is data time of the next step
-            batches = iter(task.train_loader(tcfg.batch_size, run.cfg.seed, epoch, skip_batches=skip,
-                                             num_workers=tcfg.num_workers))
-            if run.rng is not None:
-                checkpoint.set_rng_state(run.rng)
-                run.rng = None
-            while state.step < run.total_steps:
-                timer.start()  # the step: fetch + collate, forward/backward, update
-                micro = [b for _, b in zip(range(tcfg.grad_accum), batches)]
-                if not micro:
-                    break  # epoch exhausted; the clock runs on into the next epoch's first step
-                timer.data_ready()
-                # float(): syncs with the device, which the finiteness check needs anyway
-                loss = float(accumulate_gradients(model, micro, task.kind, run.device, run.autocast))
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, tcfg.max_grad_norm or float("inf")))
-                if not math.isfinite(loss) or not math.isfinite(grad_norm):
-                    if tcfg.on_nan == "fail":
-                        raise TrainingFailed(f"non-finite loss/grad norm ({loss}/{grad_norm}) at step {state.step + 1}")
-                    log.warning("non-finite loss at step %d: step skipped", state.step + 1)
-                    state.skipped_steps += 1
-                    run.optimizer.zero_grad(set_to_none=True)
-                    run.scheduler.step()
-                else:
-                    run.optimizer.step()
-                    run.scheduler.step()
-                    run.optimizer.zero_grad(set_to_none=True)
-                tokens = sum(int(b["attention_mask"].sum()) for b in micro)
-                padded = sum(b["attention_mask"].numel() for b in micro)
-                step_flops = sum(run.flops.of_batch(b["attention_mask"]) for b in micro) if run.flops else 0.0
-                dt = timer.stop(tokens, padded, sum(len(b["attention_mask"]) for b in micro), step_flops)
-                state.step += 1
-                step = state.step
-                bar.update(1)
-                window = state.window
-                if math.isfinite(loss):
-                    window["loss"] += loss
-                    window["n"] += 1
-                window["tokens"] += tokens
-                window["time"] += dt
-                row = None
-                if step % tcfg.log_every == 0 or step == run.total_steps:
-                    row = {"epoch": step / run.steps_per_epoch,
-                           "train/loss": window["loss"] / window["n"] if window["n"] else None,
-                           "train/lr": run.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
-                           "train/tokens_per_s": window["tokens"] / window["time"],
-                           **memory_row(run.device, run.peaks)}
-                    run.tracker.log(row, step=step)
-                    state.train_loss = row["train/loss"]
-                    bar.set_postfix(loss=row["train/loss"], tok_s=f"{row['train/tokens_per_s']:.0f}")
-                    if progress is not None:
-                        progress.log(step, row["train/loss"], row["train/tokens_per_s"])
-                    state.window = empty_window()
-                end_of_epoch = step % run.steps_per_epoch == 0
-                if (tcfg.eval_every and step % tcfg.eval_every == 0) or (not tcfg.eval_every and end_of_epoch):
-                    run.evaluate(step)
-                if tcfg.checkpoint_every and step % tcfg.checkpoint_every == 0 and step < run.total_steps:
-                    run.save_checkpoint()
-                if on_step is not None:
-                    on_step(StepEnd(step, loss, grad_norm, tokens, dt, row))
-                if signals.received is not None:
-                    path = run.save_checkpoint()
-                    run.record.segments = state.segments
-                    raise Preempted(f"signal {signals.received} at step {step}; checkpoint saved at {path}")
-    bar.close()
+        while (micro := run.next_micro()) is not None:
+            # float(): syncs with the device, which the finiteness check needs anyway
+            loss = float(accumulate_gradients(run.model, micro, run.task.kind, run.device, run.autocast))
+            grad_norm = run.clip_and_update(loss)
+            tokens, dt = run.stop_timer(micro)
+            run.end_step(loss, grad_norm, tokens, dt, on_step)
+            if signals.received is not None:
+                run.preempt(signals.received)
+    run.bar.close()
 
 
 def finalize(run: Training) -> None:

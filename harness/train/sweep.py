@@ -27,8 +27,10 @@ log = logging.getLogger("harness")
 _FORWARDED = (signal.SIGTERM, signal.SIGINT)
 
 
-def run_forked(job, cfg: DictConfig) -> float:
-    """Run one job in a forked child process; return what `job(cfg)` returns there.
+def run_forked(job, cfg: DictConfig, lost=None) -> float | list[float]:
+    """Run one job in a forked child process; return what `job(cfg)` returns there (a float, or a
+    list of floats for a pack of jobs, harness/pack). `lost(status, preempted) -> multirun` writes
+    the records of a child that died without a word (default: `record_lost_job` for `cfg`).
 
     Why a process per job: memory figures. Jobs of a sequential sweep otherwise share one process,
     and its resident memory (allocator pools, caches, lazily imported modules) still holds what
@@ -106,13 +108,14 @@ def run_forked(job, cfg: DictConfig) -> float:
             signal.signal(sig, handler)
     report = json.loads(b"".join(chunks)) if chunks else None
     if report is None:
-        multirun = record_lost_job(cfg, status, preempted=bool(received))
+        multirun = (lost or (lambda st, pre: record_lost_job(cfg, st, pre)))(status, bool(received))
         if received or not multirun:
             sys.exit(1)
         return float("nan")
     if report["exit"] != 0 or received:
         sys.exit(report["exit"] or 1)  # preempted (or stopped by a signal): the sweep stops too
-    return float(report["value"])
+    value = report["value"]
+    return [float(v) for v in value] if isinstance(value, list) else float(value)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -149,10 +152,11 @@ def _flush_output() -> None:
         handler.flush()
 
 
-def record_lost_job(cfg: DictConfig, status: int, preempted: bool) -> bool:
+def record_lost_job(cfg: DictConfig, status: int, preempted: bool, where: tuple | None = None) -> bool:
     """The child ended without reporting (killed by a signal, or a crash in native code): it could
-    not write its own record, so say what happened in one. Returns whether this is a sweep job."""
-    run_dir, multirun, sweep = job_info(cfg)
+    not write its own record, so say what happened in one. Returns whether this is a sweep job.
+    `where`: (run folder, multirun, sweep entry) when there is no HydraConfig (a pack's jobs)."""
+    run_dir, multirun, sweep = where or job_info(cfg)
     if os.WIFSIGNALED(status):
         sig = signal.Signals(os.WTERMSIG(status)).name
         reason = f"job process killed by {sig}" + (" (out of memory?)" if sig == "SIGKILL" else "")
@@ -176,7 +180,7 @@ class SweepReport(Callback):
             except (OSError, json.JSONDecodeError) as e:
                 failed.append((path.parent.name, "unreadable", str(e)))
                 continue
-            if rec.get("status") != "completed":
+            if rec.get("status") not in ("completed", "pruned"):  # pruned: stopped by design (harness/pack)
                 failed.append((path.parent.name, rec.get("status"), rec.get("error")))
         if failed:
             print(f"\n{len(failed)} job(s) did not complete:", file=sys.stderr)

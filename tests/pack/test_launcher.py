@@ -1,0 +1,39 @@
+"""`harness-train -m ... hydra/launcher=packed` end to end on the tiny BERT: LoRA jobs in a pack, a
+full-FT job alone, every record where the basic launcher would have put it."""
+
+import pytest
+
+from harness.pack.group import group_jobs, pack_reason
+from tests.helpers import read_record, run_cli
+from tests.pack.helpers import job_cfg
+
+pytestmark = pytest.mark.slow  # runs the real CLI
+
+
+def test_grouping_names_why_a_job_runs_alone(tiny_model_dir):
+    cfgs = [job_cfg(tiny_model_dir, "method.r=4"), job_cfg(tiny_model_dir, "method=full"),
+            job_cfg(tiny_model_dir, "method.r=8", "seed=1"), job_cfg(tiny_model_dir, "method.init=pissa"),
+            job_cfg(tiny_model_dir, "trainer.batch_size=4"), job_cfg(tiny_model_dir, "method.lr=1e-3")]
+    packs, alone = group_jobs(cfgs, max_pack=2)
+    assert packs == [[0, 2]]
+    assert alone == {1: "method=full: only LoRA jobs share a frozen base",
+                     3: "method.init=pissa rewrites the base weights it adapts, so its base is its own",
+                     4: "no other job shares its model, task and budget",
+                     5: "no other job shares its model, task and budget"}  # max_pack=2 split 0, 2 | 5
+    assert pack_reason(cfgs[0]) is None
+
+
+def test_packed_launcher_runs_lora_jobs_in_a_pack_and_full_ft_alone(tiny_model_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(tiny_model_dir, sweep, "method=lora,full", "seed=0,1", "hydra/launcher=packed",
+                   "trainer.save_model=false", multirun=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = {d.name: read_record(d) for d in sorted(p.parent for p in sweep.glob("*/results.json"))}
+    assert len(records) == 4 and all(r["status"] == "completed" for r in records.values())
+    lora = [r for r in records.values() if r["method"] == "lora"]
+    full = [r for r in records.values() if r["method"] == "full"]
+    assert [r["packed"] for r in lora] == [{"size": 2, "pack_id": "pack0"}] * 2
+    assert [r["seed"] for r in lora] == [0, 1] and all(r["packed"] is None for r in full) and len(full) == 2
+    assert sorted(r["sweep"]["job_num"] for r in records.values()) == [0, 1, 2, 3]
+    assert all((sweep / name / ".hydra" / "config.yaml").exists() for name in records)
+    assert all((sweep / name / "metrics.jsonl").exists() for name in records)
