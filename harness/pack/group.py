@@ -25,9 +25,13 @@ def pack_reason(cfg: DictConfig) -> str | None:
     name = method.get("name")
     if name != "lora":
         return f"method={name}: only LoRA jobs share a frozen base"
-    if method.get("init") == "pissa":
-        return "method.init=pissa rewrites the base weights it adapts, so its base is its own"
-    return None
+    if method.get("init") in ("pissa", "olora"):
+        return f"method.init={method.get('init')} rewrites the base weights it adapts, so its base is its own"
+    if method.get("use_dora"):
+        return "method.use_dora=true: DoRA rescales the base product per job, not a low-rank path beside it"
+    if method.get("freeze_a"):
+        return "method.freeze_a=true: LoRA-FA's frozen A is the job's own, not part of the shared base"
+    return None  # LoRA+ (method.lr_ratio) packs: its ratio lives in the job's own optimizer
 
 
 def pack_key(cfg: DictConfig) -> str:

@@ -8,8 +8,8 @@ from tests.helpers import compose
 
 BASE = ("debug=tiny", "model.name=tiny_bert", "trainer.device=cpu", "trainer.log_every=1")
 
-# A pack that mixes everything a job owns: r, alpha, lr, seed, target modules, init, rsLoRA.
-MIX = (("method.r=4", "method.alpha=8", "method.lr=1e-2", "seed=0"),
+# A pack that mixes everything a job owns: r, alpha, lr (and LoRA+'s ratio), seed, target modules, init, rsLoRA.
+MIX = (("method.r=4", "method.alpha=8", "method.lr=1e-2", "seed=0", "method.lr_ratio=4"),
        ("method.r=8", "method.alpha=32", "method.lr=5e-3", "seed=1", "method.target_modules=[query,key,value]"),
        ("method.r=2", "method.alpha=4", "method.lr=2e-2", "seed=2", "method.init=gaussian", "method.rslora=true",
         "method.target_modules=[value,dense]"))

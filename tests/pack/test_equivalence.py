@@ -1,5 +1,5 @@
 """The test that proves the design: every packed job trains exactly as it does alone (dropout off,
-fp32 CPU): the same loss curve and final metrics within 1e-4, for a pack mixing r, alpha, lr,
+fp32 CPU): the same loss curve and final metrics within 1e-4, for a pack mixing r, alpha, lr (LoRA+ ratio),
 seed, init, rsLoRA and target modules (a layer adapted by some jobs only)."""
 
 import json

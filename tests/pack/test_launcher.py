@@ -21,6 +21,12 @@ def test_grouping_names_why_a_job_runs_alone(tiny_model_dir):
                      4: "no other job shares its model, task and budget",
                      5: "no other job shares its model, task and budget"}  # max_pack=2 split 0, 2 | 5
     assert pack_reason(cfgs[0]) is None
+    # the LoRA family: LoRA+ packs (its ratio is in the job's own optimizer); the rest own more than a low-rank path
+    assert pack_reason(job_cfg(tiny_model_dir, "method=lora_plus")) is None
+    assert {preset: pack_reason(job_cfg(tiny_model_dir, f"method={preset}")) for preset in ("dora", "olora", "lora_fa")} == {
+        "dora": "method.use_dora=true: DoRA rescales the base product per job, not a low-rank path beside it",
+        "olora": "method.init=olora rewrites the base weights it adapts, so its base is its own",
+        "lora_fa": "method.freeze_a=true: LoRA-FA's frozen A is the job's own, not part of the shared base"}
 
 
 def test_packed_launcher_runs_lora_jobs_in_a_pack_and_full_ft_alone(tiny_model_dir, tmp_path):
