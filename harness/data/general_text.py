@@ -12,7 +12,7 @@ contains (`task.forget.files` names them):
 - `convention_2016`: the 2016 Republican convention speeches (`republican_convention_2016.csv`), 60;
 - `debates_2016`: the three 2016 presidential debates and the vice-presidential one
   (`presidential_debates_2016.csv.gz`) as transcripts, `SPEAKER: statement` per line, one document
-  per run of 20 consecutive statements of a debate (57).
+  per run of 20 consecutive statements of a debate (58).
 
 Split: each document's id (`<file>:<n>`) goes through the same md5 buckets as the tasks' splits
 (`sources.split_of`: 80% train, 10% eval, 10% test). The probe reads one share (`task.forget.split`,
