@@ -10,6 +10,7 @@ from harness.data import ForgetConfig, general_chunks
 from harness.forgetting import ForgetProbe, probe_perplexity
 from harness.tiny import MINILM_VOCAB, tiny_llama
 from tests.data.helpers import MINILM
+from tests.helpers import hf_perplexity
 
 # The test share cut at 48 tokens by MiniLM's WordPiece: full chunks and the short tails of documents.
 CFG = ForgetConfig(files=["hamlet", "convention_2016"], max_length=48)
@@ -34,24 +35,11 @@ def model():
     return tiny_llama(vocab_size=MINILM_VOCAB, max_position_embeddings=64, num_key_value_heads=4)
 
 
-def reference(model, chunks) -> tuple[float, float]:
-    """(token-weighted perplexity, mean of per-chunk perplexities) from the HF model's own `labels=`
-    loss, one unpadded chunk at a time: its mean over a chunk's len - 1 predictions, weighted back by hand."""
-    total, tokens, per_chunk = 0.0, 0, []
-    with torch.no_grad():
-        for ids in chunks["input_ids"]:
-            x = torch.tensor([ids])
-            loss = model(input_ids=x, labels=x).loss.item()
-            total, tokens = total + loss * (len(ids) - 1), tokens + len(ids) - 1
-            per_chunk.append(math.exp(loss))
-    return math.exp(total / tokens), sum(per_chunk) / len(per_chunk)
-
-
 def test_perplexity_is_token_weighted_over_all_chunks_as_the_models_own_loss(chunks):
     assert len(set(chunks["length"])) > 2  # full chunks and shorter tails
     m = model()
     scores = probe_perplexity(m, chunks, batch_size=3, device="cpu")  # batches of mixed lengths, padded
-    weighted, mean_of_chunks = reference(m, chunks)
+    weighted, mean_of_chunks = hf_perplexity(m, chunks)
     assert scores["perplexity"] == pytest.approx(weighted, rel=1e-5)
     assert scores["nll"] == pytest.approx(math.log(weighted), rel=1e-6)
     assert scores["tokens"] == sum(n - 1 for n in chunks["length"])

@@ -1,0 +1,48 @@
+"""A causal-LM run with the forgetting probe: metrics.forget in results.json, the before value
+being the pretrained model's own perplexity, and the forget/* rows of the curve."""
+
+import pytest
+import torch
+
+from harness.data import ForgetConfig, general_chunks
+from tests.helpers import hf_perplexity, metrics_rows, read_record, run_cli
+
+
+@pytest.mark.slow
+def test_a_lora_run_records_forgetting_before_and_after(tiny_llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir = tmp_path / "run"
+    proc = run_cli(tiny_llama_dir, run_dir, "task=chatterbot", "model.name=tiny_llama", "model.head_modules=[]",
+                   "method.target_modules=all-linear", "task.forget.limit=6", "task.forget.batch_size=4",
+                   "trainer.select_best=true", "trainer.eval_every=4", f"paths.cache_dir={tmp_path / 'cache'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = read_record(run_dir)
+    forget = rec["metrics"]["forget"]
+    # Independently: the saved base model (LoRA's B = 0 at the start) scored chunk by chunk by its own loss.
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    chunks = general_chunks(ForgetConfig(limit=6), AutoTokenizer.from_pretrained(tiny_llama_dir), "ref", tmp_path)
+    expected, _ = hf_perplexity(base, chunks)
+    assert forget["before"]["perplexity"] == pytest.approx(expected, rel=1e-5)
+    assert forget["tokens"] == sum(n - 1 for n in chunks["length"]) and forget["chunks"] == 6
+    final = forget["final"]
+    assert final["perplexity"] != pytest.approx(forget["before"]["perplexity"], rel=1e-4)  # training moved it
+    assert final["perplexity_increase"] == pytest.approx(final["perplexity"] - forget["before"]["perplexity"])
+    assert forget["best_step"] == rec["metrics"]["best_step"] == rec["metrics"]["test"]["best_step"]
+    assert forget["best"]["perplexity_increase"] == pytest.approx(forget["best"]["perplexity"] - forget["before"]["perplexity"])
+    if forget["best_step"] == rec["steps"]:
+        assert forget["best"] == final
+    rows = [r for r in metrics_rows(run_dir) if "forget/perplexity" in r]
+    assert [r["step"] for r in rows] == [0, rec["steps"]]
+    assert rows[0]["forget/perplexity"] == pytest.approx(forget["before"]["perplexity"])
+    assert rows[1]["forget/perplexity"] == pytest.approx(final["perplexity"])
+    assert torch.isfinite(torch.tensor(final["nll"]))
+
+
+@pytest.mark.slow
+def test_forget_null_leaves_the_probe_out(tiny_llama_dir, tmp_path):
+    proc = run_cli(tiny_llama_dir, tmp_path / "run", "task=chatterbot", "model.name=tiny_llama", "model.head_modules=[]",
+                   "task.forget=null", "trainer.max_steps=2", f"paths.cache_dir={tmp_path / 'cache'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = read_record(tmp_path / "run")
+    assert "forget" not in rec["metrics"] and rec["config"]["task"]["forget"] is None
