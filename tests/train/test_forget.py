@@ -46,3 +46,34 @@ def test_forget_null_leaves_the_probe_out(tiny_llama_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     rec = read_record(tmp_path / "run")
     assert "forget" not in rec["metrics"] and rec["config"]["task"]["forget"] is None
+
+
+CAUSAL = ("task=chatterbot", "model.name=tiny_llama", "model.head_modules=[]", "task.forget.limit=6")
+# Slow enough to interrupt (tests/train/test_checkpoint.py): an evaluation after every one of 24 steps.
+SLOW = ("task.limit_train=96", "trainer.epochs=2", "task.limit_eval=16", "trainer.eval_every=1",
+        "trainer.checkpoint_every=4", "trainer.log_every=1", "trainer.save_model=false")
+
+
+@pytest.mark.slow
+def test_a_preempted_run_keeps_its_before_value_through_the_checkpoint(tiny_llama_dir, tmp_path):
+    """The pretrained model is gone once training started: a resumed run takes `before` from the
+    checkpoint and ends with the uninterrupted run's numbers, each forget row once in the curve."""
+    import signal
+
+    from tests.train.test_checkpoint import start, wait_for
+
+    cache = f"paths.cache_dir={tmp_path / 'cache'}"
+    reference = tmp_path / "reference"
+    proc = run_cli(tiny_llama_dir, reference, *CAUSAL, *SLOW, cache)
+    assert proc.returncode == 0 and "forget probe @ step 0" in proc.stdout + proc.stderr
+    run_dir = tmp_path / "preempted"
+    proc = start(tiny_llama_dir, run_dir, *CAUSAL, cache, slow=SLOW)
+    wait_for(run_dir / "checkpoints" / "step_0000004", proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 1 and read_record(run_dir)["status"] == "preempted"
+    resumed = run_cli(tiny_llama_dir, run_dir, *CAUSAL, *SLOW, cache)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "forget probe @ step 0" not in resumed.stdout + resumed.stderr  # not probed again after the start
+    want, got = read_record(reference)["metrics"]["forget"], read_record(run_dir)["metrics"]["forget"]
+    assert got["before"] == want["before"] and got["final"] == pytest.approx(want["final"], rel=1e-6)
+    assert [r["step"] for r in metrics_rows(run_dir) if "forget/perplexity" in r] == [0, 24]
