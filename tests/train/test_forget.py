@@ -6,6 +6,7 @@ import torch
 
 from harness.data import ForgetConfig, general_chunks
 from tests.helpers import hf_perplexity, metrics_rows, read_record, run_cli
+from tests.telemetry.wandb_offline import read_offline_run
 
 
 @pytest.mark.slow
@@ -15,7 +16,8 @@ def test_a_lora_run_records_forgetting_before_and_after(tiny_llama_dir, tmp_path
     run_dir = tmp_path / "run"
     proc = run_cli(tiny_llama_dir, run_dir, "task=chatterbot", "model.name=tiny_llama", "model.head_modules=[]",
                    "method.target_modules=all-linear", "task.forget.limit=6", "task.forget.batch_size=4",
-                   "trainer.select_best=true", "trainer.eval_every=4", f"paths.cache_dir={tmp_path / 'cache'}")
+                   "trainer.select_best=true", "trainer.eval_every=4", f"paths.cache_dir={tmp_path / 'cache'}",
+                   "logger=wandb", "logger.mode=offline")
     assert proc.returncode == 0, proc.stderr[-2000:]
     rec = read_record(run_dir)
     forget = rec["metrics"]["forget"]
@@ -37,6 +39,11 @@ def test_a_lora_run_records_forgetting_before_and_after(tiny_llama_dir, tmp_path
     assert rows[0]["forget/perplexity"] == pytest.approx(forget["before"]["perplexity"])
     assert rows[1]["forget/perplexity"] == pytest.approx(final["perplexity"])
     assert torch.isfinite(torch.tensor(final["nll"]))
+    # W&B mirrors it: the entry in the run summary, the rows in the history
+    (wandb_run,) = [read_offline_run(p) for p in (run_dir / "wandb").glob("offline-run-*")]
+    assert wandb_run.summary["metrics"]["forget"] == forget
+    history = [r["forget/perplexity"] for r in wandb_run.history if "forget/perplexity" in r]
+    assert history == pytest.approx([r["forget/perplexity"] for r in rows])
 
 
 @pytest.mark.slow
