@@ -22,6 +22,7 @@ import time
 import torch
 
 from harness.data import Collator, ForgetConfig, general_chunks, tokenizer_fingerprint
+from harness.schema import check
 from harness.scoring import loss_items, summed_loss
 
 log = logging.getLogger("harness")
@@ -68,11 +69,17 @@ class ForgetProbe:
         self.chunks = general_chunks(cfg, tokenizer, tokenizer_fingerprint(tokenizer), cache_dir)
 
     @classmethod
-    def for_task(cls, task, tokenizer, device, autocast=contextlib.nullcontext, tracker=None) -> ForgetProbe | None:
-        """The probe a TaskData's config asks for (`task.forget`), or None when it is null."""
+    def for_task(cls, task, tokenizer, model, device, autocast=contextlib.nullcontext,
+                 tracker=None) -> ForgetProbe | None:
+        """The probe a TaskData's config asks for (`task.forget`), or None when it is null.
+        A chunk longer than the model's positions fails here, naming the key, not mid-forward."""
         cfg = task.config.forget if task.config is not None else None
         if cfg is None:
             return None
+        config = getattr(model, "config", None)
+        positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        check(positions is None or cfg.max_length <= positions, "task.forget.max_length", cfg.max_length,
+              f"the model takes at most {positions} positions")
         return cls(cfg, tokenizer, device, autocast, task.config.cache_dir, tracker)
 
     def score(self, model, step: int | None = None) -> dict:

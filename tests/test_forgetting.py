@@ -85,3 +85,18 @@ def test_report_holds_before_final_and_best_with_the_increase(tokenizer, chunks,
     assert same["best"] == same["final"]  # best = final weights: scored once
     alone = probe.report(m, None)
     assert alone["best"] is None and alone["best_step"] is None and alone["final"]["perplexity_increase"] is None
+
+
+def test_a_probe_longer_than_the_models_positions_fails_naming_the_key(tokenizer, tmp_path):
+    from types import SimpleNamespace
+
+    from harness.schema import ConfigError
+
+    def task(forget):
+        return SimpleNamespace(config=SimpleNamespace(forget=forget, cache_dir=tmp_path))
+
+    with pytest.raises(ConfigError, match=r"^task.forget.max_length=128 is invalid: the model takes at most 64 positions$"):
+        ForgetProbe.for_task(task(ForgetConfig(max_length=128)), tokenizer, model(), "cpu")
+    assert ForgetProbe.for_task(task(None), tokenizer, model(), "cpu") is None
+    probe = ForgetProbe.for_task(task(ForgetConfig(max_length=64, limit=3)), tokenizer, model(), "cpu")
+    assert len(probe.chunks) == 3 and max(probe.chunks["length"]) <= 64

@@ -181,7 +181,7 @@ def setup(cfg, method, tcfg, run_dir, tracker, record, attempt) -> Training:
 
     run.ckpt_root = run_dir / "checkpoints"
     run.state, run.rng = LoopState(), None
-    run.forget = ForgetProbe.for_task(task, run.tokenizer, device, run.autocast, tracker)  # None: task.forget null
+    run.forget = ForgetProbe.for_task(task, run.tokenizer, run.model, device, run.autocast, tracker)  # None: no task.forget
     if run.forget is not None and not attempt.checkpoints:  # before the first step: the pretrained model
         run.state.forget_before = run.forget.score(run.model, step=0)
     if attempt.checkpoints:
