@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.analysis import (DEFAULT_METRICS, FORMATS, SPLITS, check_keys, dedupe, default_by, default_split,
-                              failed_runs, hidden_variation, load_records, load_wandb, records_frame, render,
+from harness.analysis import (DEFAULT_METRICS, FORMATS, SPLITS, check_keys, dedupe, default_by, default_metrics,
+                              default_split, failed_runs, hidden_variation, load_records, load_wandb, records_frame, render,
                               render_failed, resolve_key, resolve_metric, select, split_keys, summarize)
 
 
@@ -37,7 +37,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--by", nargs="+", metavar="KEY", help="row keys (default: method, task and whatever else varies besides seed)")
     p.add_argument("--cols", metavar="KEY", help="pivot: one column per value of KEY (e.g. task, lora.r)")
     p.add_argument("--metric", nargs="+", metavar="NAME",
-                   help=f"metrics: main, an eval metric name (accuracy, f1), or a column (default: {' '.join(DEFAULT_METRICS)})")
+                   help=f"metrics: main, an eval metric name (accuracy, f1), forget / forget_increase / forget_before "
+                        f"(perplexity on held-out general English, task.forget), or a column (default: "
+                        f"{' '.join(DEFAULT_METRICS)}, those the runs have)")
     p.add_argument("--where", nargs="+", metavar="KEY=VALUE", default=[],
                    help="keep only runs whose KEY shows as VALUE (method=lora, lora.target_modules=query,value)")
     p.add_argument("--split", default=None, choices=SPLITS,
@@ -71,7 +73,7 @@ def build(args) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     by = [resolve_key(df, k) for k in split_keys(args.by)] or default_by(df, args.cols)
     check_keys(df, by)
     args.split, split_notes = default_split(df, args.split)
-    names = split_keys(args.metric) or [m for m in DEFAULT_METRICS if m == "main" or (m in df and df[m].notna().any())]
+    names = split_keys(args.metric) or default_metrics(df)
     metrics = list(dict.fromkeys(resolve_metric(df, name, args.best, args.split) for name in names))
     summary = summarize(df, by, metrics, args.cols)
     hidden = hidden_variation(df, by + ([args.cols] if args.cols else []))

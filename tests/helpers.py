@@ -51,3 +51,21 @@ def read_record(run_dir) -> dict:
 
 def metrics_rows(run_dir) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def hf_perplexity(model, chunks) -> tuple[float, float]:
+    """(token-weighted perplexity, mean of per-chunk perplexities) of `chunks` (input_ids rows) from
+    the HF model's own `labels=` loss, one unpadded chunk at a time: that loss is the mean over a
+    chunk's len - 1 predictions, weighted back by hand. The forgetting probe's reference."""
+    import math
+
+    import torch
+
+    total, tokens, per_chunk = 0.0, 0, []
+    with torch.no_grad():
+        for ids in chunks["input_ids"]:
+            x = torch.tensor([ids])
+            loss = model(input_ids=x, labels=x).loss.item()
+            total, tokens = total + loss * (len(ids) - 1), tokens + len(ids) - 1
+            per_chunk.append(math.exp(loss))
+    return math.exp(total / tokens), sum(per_chunk) / len(per_chunk)

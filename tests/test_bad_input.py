@@ -110,6 +110,12 @@ BAD = [
     ("+task.metric_kwargs={bleu:{}}", r"task\.metric_kwargs=\{'bleu': \{\}\} is invalid: keys \['bleu'\] are not "
                                       r"in task\.metrics"),
     ("task.kind=ranking", r"task\.kind='ranking' is invalid: choose one of classification, regression, causal_lm"),
+    ("task=chatterbot task.forget.files=[macbeth]", r"task\.forget\.files=\['macbeth'\] is invalid: a list of "
+                                                   r"distinct names among hamlet, convention_2012"),
+    ("task=chatterbot task.forget.max_length=long", r"task\.forget\.max_length='long' is invalid: must be an integer"),
+    ("task=chatterbot +task.forget.chunks=4", r"task\.forget\.chunks=4 is invalid: not a task\.forget setting; "
+                                              r"settings: source, files, split"),
+    ("+task.forget={limit:4}", r"task\.forget=\{'limit': 4\} is invalid: the forgetting probe scores a causal LM"),
     ("task.num_labels=1", r"task\.num_labels=1 is invalid: classification needs >= 2 labels"),
     ("task.greater_is_better=maybe", r"task\.greater_is_better='maybe' is invalid: must be true or false"),
     ("task.text_columns=[a,b,c]", r"task\.text_columns=\['a', 'b', 'c'\] is invalid: give one column, or two"),

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from harness.analysis.records import completed
-from harness.analysis.summary import DASH, default_by, key_text, split_of, summarize
+from harness.analysis.summary import DASH, default_by, forget_column, key_text, metric_prefix, split_of, summarize
 
 MARKERS = {"full": "o", "lora": "s"}
 DPI = 110
@@ -213,3 +213,38 @@ def plot_curves(df: pd.DataFrame, by, out: Path) -> str:
                 ax.fill_between(line["step"], line["mean"] - spread, line["mean"] + spread, color=colors.get(label), alpha=0.2)
             _finish_axis(ax, "step", key, f"{title} {key}".strip())
     return _save(fig, out, "curves.png")
+
+
+def plot_learning_vs_forgetting(df: pd.DataFrame, out: Path, split: str = "test", best: bool = False) -> str:
+    """Biderman et al. 2024's learning-forgetting plot: one point per completed run; x = the task's
+    loss on `split` (learning, lower is better), y = the forgetting probe's perplexity after
+    fine-tuning (`--best`: both with the best-validation weights); colour = group (method, rank,
+    target modules), marker = method; a dashed line marks the pretrained model's perplexity."""
+    runs = completed(df)
+    x, y = f"{metric_prefix(split, best)}loss", forget_column("forget", best)
+    if y not in runs or runs[y].isna().all():
+        why = ("the best-validation weights are probed only with trainer.select_best=true" if best else
+               "only tasks with task.forget set have a forgetting probe")
+        raise Skip(f"no completed run has {y} ({why})")
+    if x not in runs or runs[x].isna().all():
+        raise Skip(f"no completed run has {x}")
+    runs = runs[runs[x].notna() & runs[y].notna()]
+    keys = [k for k in default_by(runs) if k != "task"]
+    try:
+        runs = runs.sort_values(keys, na_position="first")  # full FT, then LoRA by rank: a stable legend
+    except TypeError:
+        pass
+    labels = group_labels(runs, keys)
+    colors = _colors(labels)
+    before = forget_column("forget_before")
+    fig, axes = _task_axes(runs)
+    for ax, title, part in axes:
+        for label, group in part.groupby(labels[part.index], sort=False):
+            method = group["method"].iloc[0] if "method" in group else None
+            ax.scatter(group[x], group[y], marker=MARKERS.get(method, "D"), color=colors[label], label=label)
+        if before in part and part[before].notna().any():
+            ax.axhline(part[before].mean(), linestyle="--", color="0.4", label="pretrained model")
+        weights = "best-validation weights" if best else "final weights"
+        _finish_axis(ax, f"{split_of(x).split(',')[0]} loss (learning: lower is better)",
+                     f"held-out English perplexity, {weights} (forgetting)", title)
+    return _save(fig, out, "learn_forget.png")

@@ -44,6 +44,9 @@ def caption(summary: pd.DataFrame) -> str:
     names = ", ".join(a["labels"][m] for m in a["metrics"])
     splits = list(dict.fromkeys(filter(None, map(split_of, a["metrics"]))))
     where = f" Task metrics: {'; '.join(splits)}." if splits else ""
+    if any(m.startswith("metrics.forget.") for m in a["metrics"]):
+        where += (" Forgetting: perplexity on held-out general English (task.forget); before = the pretrained "
+                  "model, increase = after - before.")
     text = f"Mean ± sample std over seeds; best per column in bold.{where} Metrics: {names}."
     if a["cols"]:
         text = f"Rows: {', '.join(a['by'])}; columns: {a['cols']}. {text} n = {_typical_n(summary)} per cell unless marked."

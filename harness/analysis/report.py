@@ -10,6 +10,8 @@ external assets):
     throughput.png        real-token throughput per group, error bars over seeds
     curves.png            train/loss and the eval main metric vs step from each run's
                           metrics.jsonl, mean over seeds, band = ± std
+    learn_forget.png      runs with a forgetting probe (task.forget): task loss vs perplexity on
+                          held-out general English, one point per run (Biderman et al. 2024)
 Task metrics (tables, metric_vs_params, metric_vs_rank) come from the test split by default and
 from the validation split with `--split eval`, as in harness-table; the page says which. The
 curves are always the validation evaluations logged during training (`eval/...`).
@@ -24,11 +26,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.analysis.plots import Skip, plot_bars, plot_curves, plot_metric_vs_params, plot_metric_vs_rank
+from harness.analysis.plots import (Skip, plot_bars, plot_curves, plot_learning_vs_forgetting, plot_metric_vs_params,
+                                    plot_metric_vs_rank)
 from harness.analysis.records import completed, dedupe, failed_runs, load_records, records_frame
 from harness.analysis.render import render, render_failed
-from harness.analysis.summary import (check_keys, default_by, default_split, hidden_variation, resolve_key,
-                                      resolve_metric, split_of, summarize)
+from harness.analysis.summary import (check_keys, default_by, default_split, forget_column, hidden_variation,
+                                      resolve_key, resolve_metric, split_of, summarize)
 
 MEMORY = ("memory.peak_rss_gib", "memory.cuda_peak_allocated_gib")
 THROUGHPUT = ("throughput.tokens_per_s",)
@@ -74,7 +77,9 @@ def write_report(paths, out, by=None, best: bool = False, title: str | None = No
     split, split_notes = default_split(df, split)
     rerun_notes += split_notes
     main = resolve_metric(df, "main", best, split)
-    metrics = [main] + [m for m in ("params.trainable", *THROUGHPUT, *MEMORY) if m in df]
+    forget = [forget_column(n, best) for n in ("forget", "forget_increase")]
+    forget = forget if forget[0] in df and completed(df)[forget[0]].notna().any() else []
+    metrics = [main, *forget] + [m for m in ("params.trainable", *THROUGHPUT, *MEMORY) if m in df]
     summary = summarize(df, by, metrics)
     table_metrics = [m for m in metrics if m != "memory.cuda_peak_allocated_gib" or summary[f"{m}.n"].any()]
     out.mkdir(parents=True, exist_ok=True)
@@ -85,6 +90,8 @@ def write_report(paths, out, by=None, best: bool = False, title: str | None = No
         ("Peak memory", "memory.png", lambda: plot_bars(summary, MEMORY, out, "memory.png", "peak memory")),
         ("Throughput (real tokens/s)", "throughput.png", lambda: plot_bars(summary, THROUGHPUT, out, "throughput.png", "throughput")),
         ("Training curves (mean over seeds, band = ± std)", "curves.png", lambda: plot_curves(df, by, out)),
+        ("Learning vs forgetting (one point per run)", "learn_forget.png",
+         lambda: plot_learning_vs_forgetting(df, out, split, best)),
     ]
     skipped: dict[str, str | None] = {}
     sections = []

@@ -20,6 +20,11 @@ Best (bold in Markdown, LaTeX and HTML), compared only between rows of the same 
     lower is better;
   - everything else (accuracy, f1, tokens/s, ...): higher is better.
 The rules apply in this order, so throughput.step_time_s is lower-is-better.
+
+Forgetting (runs whose task sets `task.forget`, see harness/forgetting.py): `forget` names the
+perplexity on the held-out general English after fine-tuning (`metrics.forget.final.perplexity`;
+`--best`: with the best-validation weights), `forget_increase` its increase over the pretrained
+model's, `forget_before` the pretrained model's own. `forget` is a default column wherever a run has it.
 """
 
 from __future__ import annotations
@@ -36,9 +41,13 @@ ALWAYS_BY = ("method", "task")
 CANDIDATE_BY = ("method", "model", "task", "lora.r", "lora.target_modules", "lora.alpha",
                 "lora.dropout", "lora.init", "lora.rslora", "lora.use_dora", "lora.freeze_a", "lora.lr_ratio", "lr")
 # Default columns; one that no run has a value for (MFU and CUDA peaks on CPU) is left out.
-DEFAULT_METRICS = ("main", "params.trainable", "throughput.tokens_per_s", "throughput.mfu", "memory.peak_rss_gib",
+DEFAULT_METRICS = ("main", "forget", "params.trainable", "throughput.tokens_per_s", "throughput.mfu", "memory.peak_rss_gib",
                    "memory.cuda_peak_allocated_gib")
-LOWER_IS_BETTER_WORDS = ("loss", "perplexity", "error", "time")
+LOWER_IS_BETTER_WORDS = ("loss", "perplexity", "nll", "error", "time")
+# Forgetting names -> (which weights, the entry's field); "best"/"final" follow --best.
+FORGET = {"forget": (None, "perplexity"), "forget_increase": (None, "perplexity_increase"),
+          "forget_before": ("before", "perplexity")}
+_FORGET_LABELS = {"perplexity": "forget ppl", "perplexity_increase": "forget ppl increase", "nll": "forget nll"}
 LABELS = {
     "params.trainable": "trainable params", "params.total": "total params",
     "params.trainable_pct": "trainable %", "params.adapter": "adapter params",
@@ -86,6 +95,22 @@ def hidden_variation(df: pd.DataFrame, by: list[str]) -> list[str]:
     return [c for c in candidates if _varies_within(done, by, c)]
 
 
+def default_metrics(df: pd.DataFrame) -> list[str]:
+    """The metric names a table shows when none are asked for: `main`, then each other default
+    (`forget` included) that some run has a value for."""
+    def present(name):
+        column = forget_column(name) if name in FORGET else name
+        return column in df and df[column].notna().any()
+
+    return [m for m in DEFAULT_METRICS if m == "main" or present(m)]
+
+
+def forget_column(name: str, best: bool = False) -> str:
+    """`forget`, `forget_increase`, `forget_before` -> their column in a flattened record."""
+    which, leaf = FORGET[name]
+    return f"metrics.forget.{which or ('best' if best else 'final')}.{leaf}"
+
+
 def metric_prefix(split: str = "test", best: bool = False) -> str:
     """Where a split's task metrics live in a flattened record (see the module docstring)."""
     if split not in SPLITS:
@@ -118,6 +143,13 @@ def resolve_metric(df: pd.DataFrame, name: str, best: bool = False, split: str =
     """
     prefix = metric_prefix(split, best)
     done = completed(df)  # no completed run at all is summarize's error to give
+    if name in FORGET:
+        column = forget_column(name, best)
+        if not done.empty and (column not in df or done[column].isna().all()):
+            why = ("the best-validation weights are probed only with trainer.select_best=true; drop --best"
+                   if best and name != "forget_before" else "only runs whose task sets task.forget (a causal LM) have it")
+            raise ValueError(f"no completed run has {column} ({why})")
+        return column
     if name == "main":
         mains = df["metrics.main_metric"].dropna().unique() if "metrics.main_metric" in df else []
         one = len(mains) == 1 and (f"{prefix}{mains[0]}" in df or not done.empty)
@@ -156,7 +188,8 @@ def available_metrics(df: pd.DataFrame) -> list[str]:
     numeric = [c for c in df if not c.startswith(("config.", "metrics.final.", "metrics.best.", "metrics.test.",
                                                   "lora.", "versions."))
                and c not in ("seed", "lr", "sweep.job_num") and df[c].dtype.kind in "if"]
-    return ["main", *evals, *sorted(numeric)]
+    forget = [n for n in FORGET if forget_column(n) in df]
+    return ["main", *evals, *forget, *sorted(numeric)]
 
 
 def resolve_key(df: pd.DataFrame, key: str) -> str:
@@ -223,6 +256,10 @@ def metric_label(column: str, mains=()) -> str:
     weights; which split it is the caption says (see `split_of`)."""
     if column in LABELS:
         return LABELS[column]
+    if column.startswith("metrics.forget."):
+        which, _, leaf = column.removeprefix("metrics.forget.").partition(".")
+        label = _FORGET_LABELS.get(leaf, f"forget {leaf}")
+        return label if which == "final" else f"{label} ({which})"
     for which in ("final", "best"):
         for prefix in (f"metrics.test.{which}.", f"metrics.{which}."):
             if column.startswith(prefix):

@@ -52,6 +52,9 @@ class TaskConfig:
     limit_eval: Optional[int] = None  # caps eval and test
     group_by_length: bool = True  # length-grouped train batches (see TaskData.train_batches)
     cache_dir: Optional[str] = None
+    # The forgetting probe (harness/data/general_text.py, ForgetConfig): null, or the held-out text
+    # whose perplexity a causal LM is scored on before and after fine-tuning.
+    forget: Any = None
 
     def __post_init__(self):
         def bad(key, allowed):
@@ -107,6 +110,16 @@ class TaskConfig:
         for key in ("limit_train", "limit_eval"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 bad(key, "must be >= 1 or null")
+        if self.forget is not None:
+            from harness.data.general_text import ForgetConfig  # it imports this module
+
+            if self.kind != "causal_lm":
+                bad("forget", "the forgetting probe scores a causal LM's perplexity: set it on causal_lm tasks only, "
+                              "or null")
+            if not isinstance(self.forget, (ForgetConfig, dict, DictConfig)):
+                bad("forget", "a mapping (source, files, split, max_length, limit, batch_size) or null")
+            if not isinstance(self.forget, ForgetConfig):
+                self.forget = typed("task.forget", ForgetConfig, self.forget)
 
     def _check_data_files(self, bad) -> None:
         """source=files: every file there, with one readable format, before anything is read."""

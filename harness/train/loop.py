@@ -25,6 +25,7 @@ from harness.models import load_model, load_tokenizer
 from harness.results import Attempt, RunRecord
 from harness.scoring import evaluate_model, generate_samples
 from harness.data import build_task
+from harness.forgetting import ForgetProbe
 from harness.telemetry import Tracker
 
 from . import checkpoint
@@ -242,6 +243,9 @@ def setup(cfg, method, tcfg, run_dir, tracker, record, attempt, tokenizer=None, 
 
     run.ckpt_root = run_dir / "checkpoints"
     run.state, run.rng = LoopState(), None
+    run.forget = ForgetProbe.for_task(task, run.tokenizer, run.model, device, run.autocast, tracker)  # None: no task.forget
+    if run.forget is not None and not attempt.checkpoints:  # before the first step: the pretrained model
+        run.state.forget_before = run.forget.score(run.model, step=0)
     if attempt.checkpoints:
         path, saved = checkpoint.load_newest(attempt.checkpoints, run.model, run.optimizer, run.scheduler,
                                              hint="add trainer.restart=true to start afresh")
@@ -319,6 +323,10 @@ def finalize(run: Training) -> None:
         record.metrics["test"] = {"final": test_final, "best": test_best,
                                   "best_step": best["step"] if have_best else None}
         log.info("test (final weights): %s", "  ".join(f"{k}={v:.4f}" for k, v in test_final.items() if v is not None))
+    if run.forget is not None:  # the same weights as the test split, final and best
+        with run.peaks.evaluation():
+            record.metrics["forget"] = run.forget.report(
+                model, state.forget_before, run.best_weights.swapped_in if have_best else None, best["step"], step)
     peak_flops = peak_bf16_flops(record.device) if run.device.type == "cuda" else None
     record.throughput = {**run.timer.summary(peak_flops), "peak_flops": peak_flops}
     record.memory = memory_summary(run.device, trainable_state_bytes(model), run.peaks)

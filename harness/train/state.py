@@ -21,6 +21,7 @@ class LoopState:
     train_loss: float | None = None     # the last logged window's mean loss
     timer: dict = field(default_factory=dict)     # StepTimer.state_dict(): the step-time sums so far
     segments: list = field(default_factory=list)  # the processes this run took, up to the checkpoint
+    forget_before: dict | None = None   # the forgetting probe on the model before the first step
 
     def state_dict(self) -> dict:
         """Plain containers only: `torch.load(weights_only=True)` reads them back."""
