@@ -170,7 +170,7 @@ BAD = [
     ("method.target_modules=[query", r"^'method\.target_modules=\[query' is invalid: not a Hydra override"),
     ("method.r=1,2", r"^method\.r=1,2 is invalid: several values sweep only with --multirun \(-m\)"),
     # launcher, sweeper, logger and the other groups
-    ("hydra/launcher=nope", r"^hydra/launcher=nope is invalid: choose basic, joblib, parallel, slurm, "
+    ("hydra/launcher=nope", r"^hydra/launcher=nope is invalid: choose basic, joblib, packed, parallel, slurm, "
                             r"submitit_local or submitit_slurm$"),
     ("hydra/sweeper=nope", r"^hydra/sweeper=nope is invalid: choose basic or optuna$"),
     ("hydra/launcher=joblib hydra.launcher.n_jobz=2", r"^hydra\.launcher\.n_jobz=2 is invalid: not a "
