@@ -211,7 +211,7 @@ def plot_similarity(rows: list[dict], out: Path) -> dict[str, Path]:
     if not rows:
         return paths
     frame = pd.DataFrame(rows)
-    for n, ((r1, r2), pair) in enumerate(frame.groupby(["run_1", "run_2"], sort=True)):
+    for (r1, r2), pair in frame.groupby(["run_1", "run_2"], sort=True):
         layers = sorted(pair["layer"].unique())
         fig = Figure(figsize=(3.6 * len(layers), 3.2))
         axes = fig.subplots(1, len(layers), squeeze=False)
@@ -223,10 +223,16 @@ def plot_similarity(rows: list[dict], out: Path) -> dict[str, Path]:
             ax.set_ylabel(f"i ({r1})")
             ax.set_title(layer.split(".", 1)[-1], fontsize=8)
         fig.colorbar(im, ax=axes[0].tolist())
-        path = out / f"similarity_{n}.png"
+        name = f"similarity_{_slug(r1)}_vs_{_slug(r2)}"  # e.g. similarity_lora-r8-seed-0_vs_lora-r64-seed-0
+        path = out / f"{name}.png"
         fig.savefig(path, dpi=110)
-        paths[f"similarity_{n}"] = path
+        paths[name] = path
     return paths
+
+
+def _slug(label: str) -> str:
+    """A run label ("LoRA r=8 seed 0") as a file-name part ("lora-r8-seed-0")."""
+    return re.sub(r"[^a-z0-9]+", "-", label.lower().replace("=", "")).strip("-")
 
 
 def plot_spectra(values: pd.DataFrame, pattern, out: Path) -> Path:

@@ -93,12 +93,13 @@ def test_analyze_recovers_the_updates_and_writes_every_table(runs, tmp_path):
     w0 = load_model(OmegaConf.create(model_cfg(runs["full"][0].parent / "base")), "classification",
                     num_labels=2).get_submodule(LAYER).weight.double()
     assert row.amplification == pytest.approx(lowrank.amplification(w0, runs["full"][1], 2)["amplification"], rel=1e-4)
-    assert "similarity_1" not in paths  # one figure for the one pair, a panel per layer
+    # one figure for the one pair, a panel per layer, named by the pair
+    assert [name for name in paths if name.startswith("similarity_")] == ["similarity_lora-r4-seed-0_vs_lora-r8-seed-1"]
     text = paths["summary"].read_text()
     assert "| \\|\\|dW\\|\\|_F mean |" in text  # a bare "|" in a header would split the cell
     assert "| LoRA r=4 seed 0 | LoRA r=8 seed 1 | encoder.layer.1.attention.self.query |" in text
     assert text.count("\n| full FT seed 0 | 1.attention") == 0 and "| full FT seed 0 | encoder.layer.1.attention.self.query | 2 |" in text
-    for name in ("similarity_0", "spectra_png"):
+    for name in ("similarity_lora-r4-seed-0_vs_lora-r8-seed-1", "spectra_png"):
         assert paths[name].stat().st_size > 1000
 
 
