@@ -225,7 +225,7 @@ def plot_similarity(rows: list[dict], out: Path) -> dict[str, Path]:
         fig.colorbar(im, ax=axes[0].tolist())
         name = f"similarity_{_slug(r1)}_vs_{_slug(r2)}"  # e.g. similarity_lora-r8-seed-0_vs_lora-r64-seed-0
         path = out / f"{name}.png"
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")  # keep the axis labels inside the image
         paths[name] = path
     return paths
 
