@@ -218,7 +218,7 @@ def _rung(live: dict, prune: PruneConfig) -> None:
 def _finish(job: JobRun, run: Training, status: str) -> None:
     """A job leaves the pack at its end (or pruned): finalize alone, record, W&B run finished."""
     try:
-        finalize(run)
+        finalize(run, held_out=status != "pruned")
         job.record.status = status
     except Exception as e:  # noqa: BLE001
         job.fail(e)

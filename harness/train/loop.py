@@ -288,8 +288,10 @@ def train(run: Training, on_step: StepHook | None = None) -> None:
     run.bar.close()
 
 
-def finalize(run: Training) -> None:
-    """The last evaluation, the test split, the record's numbers, the saved weights."""
+def finalize(run: Training, held_out: bool = True) -> None:
+    """The last evaluation, the test split, the record's numbers, the saved weights. held_out=False
+    (a job pruned by a packed search) skips the test split and the forgetting probe: a pruned
+    configuration is compared on validation only and never reported."""
     state, record, task, tcfg, model, step = run.state, run.record, run.task, run.tcfg, run.model, run.state.step
     record.segments = run.segments_now()
     if tcfg.checkpoint_every and not (run.ckpt_root / f"{checkpoint.PREFIX}{step:07d}").exists():
@@ -310,7 +312,7 @@ def finalize(run: Training) -> None:
     }
     # Selection (learning rate, best step) happens on the validation split; the test split is scored
     # once, here, and only reported.
-    if task.test is not None:
+    if task.test is not None and held_out:
         def score_test():
             with run.peaks.evaluation(), torch.no_grad():
                 return evaluate_model(model, task, tcfg.eval_batch_size, run.device, autocast=run.autocast,
@@ -323,7 +325,7 @@ def finalize(run: Training) -> None:
         record.metrics["test"] = {"final": test_final, "best": test_best,
                                   "best_step": best["step"] if have_best else None}
         log.info("test (final weights): %s", "  ".join(f"{k}={v:.4f}" for k, v in test_final.items() if v is not None))
-    if run.forget is not None:  # the same weights as the test split, final and best
+    if run.forget is not None and held_out:  # the same weights as the test split, final and best
         with run.peaks.evaluation():
             record.metrics["forget"] = run.forget.report(
                 model, state.forget_before, run.best_weights.swapped_in if have_best else None, best["step"], step)

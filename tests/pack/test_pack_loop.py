@@ -62,6 +62,9 @@ def test_halving_prunes_the_worst_jobs_at_each_rung(tiny_model_dir, tmp_path):
         evals = [row for row in metrics_rows(j.run_dir) if "eval/loss" in row]
         if r["status"] == "pruned":
             assert r["steps"] in (4, 8) and evals[-1]["step"] == r["steps"] and r["metrics"]["final"]["loss"] > 0
+            assert r["metrics"]["test"] is None  # compared on validation only: the test split stays unread
+        else:
+            assert r["steps"] == 12 and set(r["metrics"]["test"]["final"]) >= {"loss", "accuracy"}
     assert all(v == v for v in values)  # pruned jobs report their metrics so far
 
 
