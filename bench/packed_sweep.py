@@ -9,8 +9,9 @@ budget, validation on 256 reviews, no saved weights), so what is measured is wha
   the largest peak RSS (and CUDA peak) of a job process, and the largest difference between a packed
   job and its sequential twin (validation metrics and every logged train loss);
 - the search: method.lr x method.r (4 x 2), sequential to the end, packed to the end, and packed
-  with `prune={metric: eval/loss, every: steps/4, keep: 0.5}`: wall time and the best configuration
-  each finds (the best validation accuracy among the jobs that ran to the end).
+  with successive halving, `prune={metric: eval/loss, every: steps/8, keep: 0.5, growth: 2}` (rungs
+  at 1/8, 1/4 and 1/2 of the budget: 8 -> 4 -> 2 -> 1 jobs, 31% of the job-steps): wall time and
+  the best configuration each finds (the best validation accuracy among the jobs that ran to the end).
 
     python -m bench.packed_sweep                 # the full bench (one GPU: bf16, within 8 minutes)
     python -m bench.packed_sweep --quick         # the tiny model, a few steps: a smoke test
@@ -89,9 +90,9 @@ def main(argv=None) -> None:
     base = ["task.limit_eval=256", "trainer.save_model=false", "trainer.eval_every=null", "trainer.log_every=1",
             f"trainer.max_steps={args.steps}"]
     if args.quick:
-        args.steps, args.ks = 4, [2]
+        args.steps, args.ks = 8, [2]  # 8 steps: rungs at 1, 2 and 4 prune 7 of 8
         base = ["task.limit_train=64", "task.limit_eval=16", "trainer.batch_size=8", "trainer.save_model=false",
-                "trainer.log_every=1", "trainer.max_steps=4", f"model.name_or_path={common.tiny_model_dir()}",
+                "trainer.log_every=1", "trainer.max_steps=8", f"model.name_or_path={common.tiny_model_dir()}",
                 "model.name=tiny_bert"]
     if args.threads:  # the jobs' processes read it: harness.train sets no thread count of its own
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -113,11 +114,11 @@ def main(argv=None) -> None:
                       "CUDA peak GiB", "max |packed - sequential|"], rows,
                      note="real tokens/s: sequential = a job's own; packed = the pack's (sum of its jobs'); "
                           "difference over validation metrics and every logged train loss")
-        every = max(1, args.steps // 4)
+        every = max(1, args.steps // 8)
         grid = [f"method.lr={LRS}", f"method.r={RANKS}"]
         arms = {"sequential, to the end": sweep(base + grid, Path(tmp, "s_seq")),
                 "packed, to the end": sweep(base + grid, Path(tmp, "s_pack"), "packed"),
-                "packed + halving": sweep(base + grid + [f"hydra.launcher.prune={{metric: eval/loss, every: {every}, keep: 0.5}}"],
+                "packed + halving": sweep(base + grid + [f"hydra.launcher.prune={{metric: eval/loss, every: {every}, keep: 0.5, growth: 2}}"],
                                           Path(tmp, "s_prune"), "packed")}
         reference = best_config(arms["sequential, to the end"])
         search = []
@@ -128,7 +129,7 @@ def main(argv=None) -> None:
                            out["wall"] / arms["packed, to the end"]["wall"], statuses.count("pruned"), best,
                            best == reference])
             raw[name] = {"wall": out["wall"], "best": best, "command": out["command"]}
-        record.table(f"8-configuration search (lr {LRS} x r {RANKS}), halving every {every} steps",
+        record.table(f"8-configuration search (lr {LRS} x r {RANKS}), successive halving at steps {every}, {2 * every}, {4 * every}",
                      ["arm", "wall s", "x sequential", "x packed to the end", "pruned", "best config",
                       "same best"], search)
     record.data["raw"] = raw

@@ -146,7 +146,7 @@ def test_sweep_overhead_quick(tmp_path):
 @pytest.mark.slow  # runs the real CLI's sweeps (sequential, packed, pruned) in subprocesses
 def test_packed_sweep_quick(tmp_path):
     tables = _quick(packed_sweep, tmp_path)
-    rows = tables["K LoRA jobs (4 steps each)"]["rows"]
+    rows = tables["K LoRA jobs (8 steps each)"]["rows"]
     assert [r[:2] for r in rows] == [[2, "sequential"], [2, "packed"]]
     assert rows[1][-1] < 1e-4  # packed twins equal their sequential runs (fp32 CPU)
     search = _rows(tables["8-configuration search (lr 5e-4"])

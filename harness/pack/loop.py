@@ -197,7 +197,7 @@ def _rung(live: dict, prune: PruneConfig) -> None:
         return
     step = steps.pop()
     any_run = next(iter(live.values()))[1]
-    if step % prune.every or step >= any_run.total_steps:
+    if not prune.is_rung(step) or step >= any_run.total_steps:
         return
     scores = {}
     for k, (_, run) in live.items():

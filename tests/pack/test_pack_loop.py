@@ -68,6 +68,14 @@ def test_halving_prunes_the_worst_jobs_at_each_rung(tiny_model_dir, tmp_path):
     assert all(v == v for v in values)  # pruned jobs report their metrics so far
 
 
+def test_rungs_fixed_or_geometric():
+    assert [s for s in range(1, 30) if PruneConfig(every=6).is_rung(s)] == [6, 12, 18, 24]
+    assert [s for s in range(1, 200) if PruneConfig(every=6, growth=2).is_rung(s)] == [6, 12, 24, 48, 96, 192]
+    assert [s for s in range(1, 40) if PruneConfig(every=4, growth=1.5).is_rung(s)] == [4, 6, 9, 14, 21, 32]
+    with pytest.raises(ConfigError, match=r"hydra.launcher.prune.growth=0.5 is invalid: must be a number >= 1"):
+        PruneConfig(growth=0.5)
+
+
 def test_survivors_and_bad_prune_settings():
     assert survivors({0: 0.5, 1: 0.2, 2: float("nan"), 3: 0.9}, 0.5, greater_is_better=False) == {0, 1}
     assert survivors({0: 0.5, 1: 0.2, 2: 0.7}, 0.5, greater_is_better=True) == {0, 2}
