@@ -217,10 +217,19 @@ def _html(header, rows, caption_text) -> str:
 
 
 def render_failed(failed: pd.DataFrame, fmt: str = "md") -> str:
-    """The runs left out of the table, one line each: path, status, error."""
+    """The runs left out of the table, one line each: path, status, error. Runs a packed search
+    pruned (`status: pruned`) get a list of their own: they ended by design, not by a fault."""
+    pruned = failed[failed["status"] == "pruned"]
+    rest = failed[failed["status"] != "pruned"]
+    parts = [_listing(rest, f"Not averaged: {len(rest)} run(s) that did not complete", fmt),
+             _listing(pruned, f"Not averaged: {len(pruned)} run(s) pruned by successive halving "
+                              "(stopped at a rung; metrics so far in their records)", fmt)]
+    return ("\n" if fmt == "md" else "").join(p for p in parts if p)
+
+
+def _listing(failed: pd.DataFrame, title: str, fmt: str) -> str:
     if failed.empty:
         return ""
-    title = f"Not averaged: {len(failed)} run(s) that did not complete"
     items = [(str(r.path), str(r.status), "" if r.error is None or pd.isna(r.error) else str(r.error))
              for r in failed.itertuples()]
     if fmt == "latex":

@@ -104,3 +104,12 @@ def test_failed_runs_listed_never_averaged():
     assert "2_lora-r4-qkvd-seed2`: preempted\n" in md
     assert all(line.startswith("%") for line in A.render_failed(failed, "latex").splitlines())
     assert A.render_failed(failed.iloc[:0], "md") == ""
+    # runs a packed search pruned are listed apart from the ones that failed
+    pruned = pd.concat([failed, pd.DataFrame({"path": ["5_lora-lr1e-3"], "status": ["pruned"], "error": [None]})],
+                       ignore_index=True)
+    md = A.render_failed(pruned, "md")
+    assert md.index("Not averaged: 2 run(s) that did not complete") < md.index(
+        "Not averaged: 1 run(s) pruned by successive halving") < md.index("`5_lora-lr1e-3`: pruned")
+    assert "5_lora-lr1e-3" not in md[:md.index("pruned by successive halving")]
+    csv = A.render_failed(pruned, "csv")
+    assert csv.count("path,status,error") == 2 and "5_lora-lr1e-3,pruned," in csv
