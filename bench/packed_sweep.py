@@ -15,6 +15,7 @@ budget, validation on 256 reviews, no saved weights), so what is measured is wha
 
     python -m bench.packed_sweep                 # the full bench (one GPU: bf16, within 8 minutes)
     python -m bench.packed_sweep --quick         # the tiny model, a few steps: a smoke test
+    python -m bench.packed_sweep --steps 320 --ks   # only the search, at one epoch per job
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     common.add_common_args(parser)
     parser.add_argument("--steps", type=int, default=200, help="optimizer steps per job (default 200)")
-    parser.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8], choices=[2, 4, 8])
+    parser.add_argument("--ks", type=int, nargs="*", default=[2, 4, 8], choices=[2, 4, 8],
+                        help="pack sizes of the K table (default 2 4 8; none: only the search)")
+    parser.add_argument("--no-search", action="store_true", help="skip the 8-configuration search")
     args = parser.parse_args(argv)
     base = ["task.limit_eval=256", "trainer.save_model=false", "trainer.eval_every=null", "trainer.log_every=1",
             f"trainer.max_steps={args.steps}"]
@@ -109,31 +112,37 @@ def main(argv=None) -> None:
                 rss, cuda = peaks(out)
                 rows.append([k, name, out["wall"], seq["wall"] / out["wall"], throughput(out, packed), rss, cuda,
                              diff if packed else None])
-        record.table(f"K LoRA jobs ({args.steps} steps each), sequential vs packed",
-                     ["K", "launcher", "sweep wall s", "speed-up", "real tokens/s", "peak RSS GiB",
-                      "CUDA peak GiB", "max |packed - sequential|"], rows,
-                     note="real tokens/s: sequential = a job's own; packed = the pack's (sum of its jobs'); "
-                          "difference over validation metrics and every logged train loss")
-        every = max(1, args.steps // 8)
-        grid = [f"method.lr={LRS}", f"method.r={RANKS}"]
-        arms = {"sequential, to the end": sweep(base + grid, Path(tmp, "s_seq")),
-                "packed, to the end": sweep(base + grid, Path(tmp, "s_pack"), "packed"),
-                "packed + halving": sweep(base + grid + [f"hydra.launcher.prune={{metric: eval/loss, every: {every}, keep: 0.5, growth: 2}}"],
-                                          Path(tmp, "s_prune"), "packed")}
-        reference = best_config(arms["sequential, to the end"])
-        search = []
-        for name, out in arms.items():
-            best = best_config(out)
-            statuses = [j["record"]["status"] for j in out["jobs"].values()]
-            search.append([name, out["wall"], out["wall"] / arms["sequential, to the end"]["wall"],
-                           out["wall"] / arms["packed, to the end"]["wall"], statuses.count("pruned"), best,
-                           best == reference])
-            raw[name] = {"wall": out["wall"], "best": best, "command": out["command"]}
-        record.table(f"8-configuration search (lr {LRS} x r {RANKS}), successive halving at steps {every}, {2 * every}, {4 * every}",
-                     ["arm", "wall s", "x sequential", "x packed to the end", "pruned", "best config",
-                      "same best"], search)
+        if rows:
+            record.table(f"K LoRA jobs ({args.steps} steps each), sequential vs packed",
+                         ["K", "launcher", "sweep wall s", "speed-up", "real tokens/s", "peak RSS GiB",
+                          "CUDA peak GiB", "max |packed - sequential|"], rows,
+                         note="real tokens/s: sequential = a job's own; packed = the pack's (sum of its jobs'); "
+                              "difference over validation metrics and every logged train loss")
+        if not args.no_search:
+            search(base, args.steps, Path(tmp), record, raw)
     record.data["raw"] = raw
     record.write(args.out)
+
+
+def search(base: list[str], steps: int, tmp: Path, record, raw: dict) -> None:
+    """The 8-configuration search three ways: sequential, packed, packed with successive halving."""
+    every = max(1, steps // 8)
+    grid = [f"method.lr={LRS}", f"method.r={RANKS}"]
+    prune = f"hydra.launcher.prune={{metric: eval/loss, every: {every}, keep: 0.5, growth: 2}}"
+    arms = {"sequential, to the end": sweep(base + grid, tmp / "s_seq"),
+            "packed, to the end": sweep(base + grid, tmp / "s_pack", "packed"),
+            "packed + halving": sweep(base + grid + [prune], tmp / "s_prune", "packed")}
+    reference = best_config(arms["sequential, to the end"])
+    rows = []
+    for name, out in arms.items():
+        best = best_config(out)
+        statuses = [j["record"]["status"] for j in out["jobs"].values()]
+        rows.append([name, out["wall"], out["wall"] / arms["sequential, to the end"]["wall"],
+                     out["wall"] / arms["packed, to the end"]["wall"], statuses.count("pruned"), best,
+                     best == reference])
+        raw[name] = {"wall": out["wall"], "best": best, "command": out["command"]}
+    record.table(f"8-configuration search (lr {LRS} x r {RANKS}), successive halving at steps {every}, {2 * every}, {4 * every}",
+                 ["arm", "wall s", "x sequential", "x packed to the end", "pruned", "best config", "same best"], rows)
 
 
 if __name__ == "__main__":
