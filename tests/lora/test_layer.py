@@ -63,13 +63,18 @@ def test_gaussian_init_statistics():
     assert abs(A.mean().item()) < 0.002
 
 
-@pytest.mark.parametrize("base", [nn.Linear(12, 9), Conv1D(nf=9, nx=12)], ids=["linear", "conv1d"])
-def test_pissa_init_is_top_r_svd_and_keeps_output(base):
+def _residual_init(base, init):
+    """(W0 as (out, in), an input, the base's output on it, the LoraLinear with `init`) for r=3, alpha=6."""
     torch.manual_seed(0)
     W0 = (base.weight.T if isinstance(base, Conv1D) else base.weight).detach().clone()  # (out, in)
     x = torch.randn(4, 12)
     y0 = base(x).detach()
-    layer = LoraLinear(base, r=3, alpha=6, init="pissa")
+    return W0, x, y0, LoraLinear(base, r=3, alpha=6, init=init)
+
+
+@pytest.mark.parametrize("base", [nn.Linear(12, 9), Conv1D(nf=9, nx=12)], ids=["linear", "conv1d"])
+def test_pissa_init_is_top_r_svd_and_keeps_output(base):
+    W0, x, y0, layer = _residual_init(base, "pissa")
     U, S, Vh = torch.linalg.svd(W0, full_matrices=False)
     top = U[:, :3] @ torch.diag(S[:3]) @ Vh[:3]
     scaled_BA = layer.scaling * layer.lora_B.weight @ layer.lora_A.weight
@@ -82,11 +87,7 @@ def test_pissa_init_is_top_r_svd_and_keeps_output(base):
 @pytest.mark.parametrize("base", [nn.Linear(12, 9), Conv1D(nf=9, nx=12)], ids=["linear", "conv1d"])
 def test_olora_init_is_the_qr_of_w_and_keeps_output(base):
     """peft's olora_init: W = Q R, B = Q[:, :r], A = R[:r] (unscaled), residual W - s B A."""
-    torch.manual_seed(0)
-    W0 = (base.weight.T if isinstance(base, Conv1D) else base.weight).detach().clone()  # (out, in)
-    x = torch.randn(4, 12)
-    y0 = base(x).detach()
-    layer = LoraLinear(base, r=3, alpha=6, init="olora")
+    W0, x, y0, layer = _residual_init(base, "olora")
     Q, R = torch.linalg.qr(W0)
     torch.testing.assert_close(layer.lora_B.weight, Q[:, :3], atol=1e-6, rtol=0)
     torch.testing.assert_close(layer.lora_A.weight, R[:3], atol=1e-6, rtol=0)
