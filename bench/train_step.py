@@ -288,7 +288,7 @@ def main(argv=None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "batches.pt"
             torch.save(common.packed_batches(tokenizer, batch, seq_len, 2), path)
-            measured = MAIN + (FAMILY[1:] if args.family else ())
+            measured = MAIN + (FAMILY if args.family else ())
             for c in measured[:1] if args.quick else measured:
                 print(f"peak RSS: {c.name} in a fresh process")
                 mem = common.run_child("bench.train_step", ["--child", c.name, "--batches", str(path)]
