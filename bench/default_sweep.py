@@ -1,7 +1,7 @@
 """The issue-12 sweep, timed end to end: what a user waits for when running a small LoRA sweep.
 
 The sweep: LoRA q+v, r in {4, 8} x seeds {0, 1}, alpha = 2r, 3,000 training reviews (one epoch of
-94 steps at batch 32), scored on 1,000 validation reviews and on the test split (1,066 reviews)
+94 steps at batch 32), scored on 1,000 validation reviews and on the test split (1,000 reviews: task.limit_eval caps both)
 after the last step, as a harness run scores both; MiniLM-L6, Rotten Tomatoes. Every arm does that
 same work and reports both accuracies. Arms, each
 the whole 4-job sweep, timed as the wall clock of its processes (start-up, loading, tokenizing,
