@@ -72,7 +72,7 @@ def _frozen_by_base_name(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
             continue
         plain = wrapped.get(mod_name, mod_name)
         for attr, t in list(module._parameters.items()) + list(module._buffers.items()):
-            if t is not None and not t.requires_grad and not any(attr == n for n in ("lora_A", "lora_B")):
+            if t is not None and not t.requires_grad:
                 out[f"{plain}.{attr}" if plain else attr] = (module, attr)
     return out
 

@@ -58,8 +58,7 @@ def run_pack(jobs: list[PackJob], pack_id: str, prune: PruneConfig | None = None
                 _train(live, prune, on_step)
         except Preempted as e:
             for job, _ in live.values():
-                job.fail(e)
-                job.end()
+                _drop(job, e)
             raise
     for k, w in enumerate(wrapped):
         if w.skipped is None:
@@ -105,6 +104,7 @@ def _build(jobs, wrapped, live, pack_id) -> None:
 
 
 def _drop(job: JobRun, e: BaseException) -> None:
+    """The job leaves the pack with `e` recorded (failed, or preempted) and its record written."""
     job.fail(e)
     job.end()
 
@@ -153,8 +153,7 @@ def _train(live: dict, prune: PruneConfig | None, on_step: StepHook | None) -> N
                     try:
                         run.preempt(signals.received)
                     except Preempted as e:
-                        job.fail(e)
-                        job.end()
+                        _drop(job, e)
                 live.clear()
                 raise Preempted(f"signal {signals.received}: every job of the pack checkpointed")
             if prune is not None:
