@@ -173,6 +173,17 @@ def cuda_peaks_mib() -> dict:
             "cuda_peak_reserved_mib": torch.cuda.max_memory_reserved() / MIB}
 
 
+def child_env(extra_path: str | None = None) -> dict:
+    """The environment a bench runs the harness's CLI in: offline, no W&B key, quiet tokenizers;
+    `extra_path` (e.g. peft for the Trainer arms) goes on PYTHONPATH after the repository."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_SILENT="true",
+               TOKENIZERS_PARALLELISM="false")
+    env.pop("WANDB_API_KEY", None)
+    if extra_path:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), extra_path, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def run_child(module: str, args: Sequence[str], timeout: float = 600) -> dict:
     """Run `python -m module *args` from the repository root; it must print one JSON object as its
     last stdout line, which is returned. A fresh process is the only clean peak-memory reading."""

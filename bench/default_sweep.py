@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -45,15 +44,6 @@ N_TRAIN, N_EVAL, BATCH = 3000, 1000, 32
 QUICK = {"N_TRAIN": 64, "N_EVAL": 32, "BATCH": 8}  # --quick: a smoke test on the tiny BERT
 ARMS = ("harness", "harness_before", "bare", "trainer_peft", "trainer_peft_fast")
 BEFORE = ["task.group_by_length=false", "model.dropout=null"]  # the defaults before issue 12
-
-
-def child_env(extra_path: str | None = None) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_SILENT="true",
-               TOKENIZERS_PARALLELISM="false")
-    env.pop("WANDB_API_KEY", None)
-    if extra_path:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(common.ROOT), extra_path, env.get("PYTHONPATH")) if p)
-    return env
 
 
 def timed(cmd: list[str], env: dict) -> float:
@@ -75,7 +65,7 @@ def harness_arm(folder: Path, quick: bool, extra: list[str] = ()) -> dict:
            "method.alpha='${mul:${method.r},2}'", "seed=" + ",".join(map(str, SEEDS)),
            f"task.limit_train={N_TRAIN}", f"task.limit_eval={N_EVAL}", f"trainer.batch_size={BATCH}",
            "trainer.save_model=false", f"hydra.sweep.dir={folder}", *extra]
-    wall = timed(cmd, child_env())
+    wall = timed(cmd, common.child_env())
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("*/results.json"))]
     return {"wall_s": wall, "accuracy": [r["metrics"]["final"]["accuracy"] for r in records],
             "test_accuracy": [r["metrics"]["test"]["final"]["accuracy"] for r in records],
@@ -90,7 +80,7 @@ def child_arm(kind: str, jobs: list[tuple[int, int]], peft_path: str | None, qui
     for group in ([jobs] if kind == "bare" else [[j] for j in jobs]):
         args = [f"{r}:{s}" for r, s in group]
         cmd = [sys.executable, "-m", "bench.default_sweep", "--child", kind, *args, *(["--quick"] if quick else [])]
-        proc = subprocess.run(cmd, cwd=common.ROOT, env=child_env(peft_path), capture_output=True, text=True,
+        proc = subprocess.run(cmd, cwd=common.ROOT, env=common.child_env(peft_path), capture_output=True, text=True,
                               timeout=3600)
         if proc.returncode != 0:
             raise RuntimeError(f"`{' '.join(cmd)}` exited {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -212,15 +202,13 @@ def main(argv=None) -> None:
         return child_main(args.child, args.jobs, args.quick)
     if args.quick:
         use_quick()
-    common.apply_threads(args.threads)
-    if args.threads:  # the arms run in child processes
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    common.apply_threads(args.threads)  # the arms' child processes inherit it through OMP_NUM_THREADS
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise SystemExit(f"--arms: unknown {unknown}; choose from {list(ARMS)}")
     if any(a.startswith("trainer") for a in arms):
-        probe = subprocess.run([sys.executable, "-c", "import peft"], env=child_env(args.peft_path),
+        probe = subprocess.run([sys.executable, "-c", "import peft"], env=common.child_env(args.peft_path),
                                capture_output=True)
         if probe.returncode != 0:
             print("peft is not importable (give --peft-path): skipping the trainer arms", file=sys.stderr)

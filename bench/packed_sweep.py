@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -36,8 +35,7 @@ LRS, RANKS = "5e-4,1e-3,2e-3,5e-3", "4,8"
 
 
 def sweep(overrides: list[str], folder: Path, launcher: str | None = None) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_SILENT="true",
-               TOKENIZERS_PARALLELISM="false")
+    env = common.child_env()
     cmd = [sys.executable, "-m", "harness.train", "-m", *overrides, f"hydra.sweep.dir={folder}",
            *([f"hydra/launcher={launcher}"] if launcher else [])]
     t0 = time.perf_counter()
@@ -97,8 +95,7 @@ def main(argv=None) -> None:
         base = ["task.limit_train=64", "task.limit_eval=16", "trainer.batch_size=8", "trainer.save_model=false",
                 "trainer.log_every=1", "trainer.max_steps=8", f"model.name_or_path={common.tiny_model_dir()}",
                 "model.name=tiny_bert"]
-    if args.threads:  # the jobs' processes read it: harness.train sets no thread count of its own
-        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    common.apply_threads(args.threads)  # this process and, through OMP_NUM_THREADS, every sweep's jobs
     record = common.Record("packed_sweep", {"base": base, "ks": args.ks, "steps": args.steps, "quick": args.quick}, argv)
     rows, raw = [], {}
     with tempfile.TemporaryDirectory() as tmp:
