@@ -34,10 +34,10 @@ SEEDS = {2: "0", 4: "0,1", 8: "0,1,2,3"}
 LRS, RANKS = "5e-4,1e-3,2e-3,5e-3", "4,8"
 
 
-def sweep(overrides: list[str], folder: Path, launcher: str | None = None) -> dict:
+def sweep(overrides: list[str], folder: Path, launcher: list[str] = ()) -> dict:
+    """One `harness-train -m` sweep, timed; `launcher`: its launcher overrides (none: the basic one)."""
     env = common.child_env()
-    cmd = [sys.executable, "-m", "harness.train", "-m", *overrides, f"hydra.sweep.dir={folder}",
-           *([f"hydra/launcher={launcher}"] if launcher else [])]
+    cmd = [sys.executable, "-m", "harness.train", "-m", *overrides, f"hydra.sweep.dir={folder}", *launcher]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=common.ROOT, env=env, capture_output=True, text=True, timeout=3600)
     wall = time.perf_counter() - t0
@@ -74,6 +74,11 @@ def largest_difference(a: dict, b: dict) -> float:
     return worst
 
 
+def forward_used(out: dict) -> str:
+    """How the packs of a packed sweep ran their forward (the records' packed.forward)."""
+    return ",".join(sorted({j["record"]["packed"]["forward"] for j in out["jobs"].values() if j["record"]["packed"]}))
+
+
 def best_config(out: dict) -> str:
     done = {k: j["record"]["metrics"]["final"]["accuracy"] for k, j in out["jobs"].items()
             if j["record"]["status"] == "completed"}
@@ -87,7 +92,10 @@ def main(argv=None) -> None:
     parser.add_argument("--ks", type=int, nargs="*", default=[2, 4, 8], choices=[2, 4, 8],
                         help="pack sizes of the K table (default 2 4 8; none: only the search)")
     parser.add_argument("--no-search", action="store_true", help="skip the 8-configuration search")
+    parser.add_argument("--forward", choices=["auto", "concat", "per_job"], default="auto",
+                        help="the packs' hydra.launcher.forward (default auto: concat on CUDA, per_job on CPU)")
     args = parser.parse_args(argv)
+    launcher = ["hydra/launcher=packed", f"hydra.launcher.forward={args.forward}"]
     base = ["task.limit_eval=256", "trainer.save_model=false", "trainer.eval_every=null", "trainer.log_every=1",
             f"trainer.max_steps={args.steps}"]
     if args.quick:
@@ -96,7 +104,8 @@ def main(argv=None) -> None:
                 "trainer.log_every=1", "trainer.max_steps=8", f"model.name_or_path={common.tiny_model_dir()}",
                 "model.name=tiny_bert"]
     common.apply_threads(args.threads)  # this process and, through OMP_NUM_THREADS, every sweep's jobs
-    record = common.Record("packed_sweep", {"base": base, "ks": args.ks, "steps": args.steps, "quick": args.quick}, argv)
+    record = common.Record("packed_sweep", {"base": base, "ks": args.ks, "steps": args.steps, "quick": args.quick,
+                                            "launcher": launcher}, argv)
     rows, raw = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         # Untimed: the first sweep of a fresh machine also tokenizes the data into the cache and
@@ -106,33 +115,34 @@ def main(argv=None) -> None:
         for k in args.ks:
             grid = [f"method.r={'8' if k == 2 else RANKS}", f"seed={SEEDS[k]}" if k != 2 else "seed=0,1"]
             seq = sweep(base + grid, Path(tmp, f"seq{k}"))
-            pack = sweep(base + grid, Path(tmp, f"pack{k}"), "packed")
+            pack = sweep(base + grid, Path(tmp, f"pack{k}"), launcher)
             diff = largest_difference(pack, seq)
+            forward = forward_used(pack)
             raw[f"k{k}"] = {"sequential_wall": seq["wall"], "packed_wall": pack["wall"], "difference": diff}
             for name, out, packed in (("sequential", seq, False), ("packed", pack, True)):
                 rss, cuda = peaks(out)
                 rows.append([k, name, out["wall"], seq["wall"] / out["wall"], throughput(out, packed), rss, cuda,
                              diff if packed else None])
         if rows:
-            record.table(f"K LoRA jobs ({args.steps} steps each), sequential vs packed",
+            record.table(f"K LoRA jobs ({args.steps} steps each), sequential vs packed (forward: {forward})",
                          ["K", "launcher", "sweep wall s", "speed-up", "real tokens/s", "peak RSS GiB",
                           "CUDA peak GiB", "max |packed - sequential|"], rows,
                          note="real tokens/s: sequential = a job's own; packed = the pack's (sum of its jobs'); "
                               "difference over validation metrics and every logged train loss")
         if not args.no_search:
-            search(base, args.steps, Path(tmp), record, raw)
+            search(base, args.steps, Path(tmp), record, raw, launcher)
     record.data["raw"] = raw
     record.write(args.out)
 
 
-def search(base: list[str], steps: int, tmp: Path, record, raw: dict) -> None:
+def search(base: list[str], steps: int, tmp: Path, record, raw: dict, launcher: list[str]) -> None:
     """The 8-configuration search three ways: sequential, packed, packed with successive halving."""
     every = max(1, steps // 8)
     grid = [f"method.lr={LRS}", f"method.r={RANKS}"]
     prune = f"hydra.launcher.prune={{metric: eval/loss, every: {every}, keep: 0.5, growth: 2}}"
     arms = {"sequential, to the end": sweep(base + grid, tmp / "s_seq"),
-            "packed, to the end": sweep(base + grid, tmp / "s_pack", "packed"),
-            "packed + halving": sweep(base + grid + [prune], tmp / "s_prune", "packed")}
+            "packed, to the end": sweep(base + grid, tmp / "s_pack", launcher),
+            "packed + halving": sweep(base + grid + [prune], tmp / "s_prune", launcher)}
     reference = best_config(arms["sequential, to the end"])
     rows = []
     for name, out in arms.items():
@@ -142,7 +152,8 @@ def search(base: list[str], steps: int, tmp: Path, record, raw: dict) -> None:
                      out["wall"] / arms["packed, to the end"]["wall"], statuses.count("pruned"), best,
                      best == reference])
         raw[name] = {"wall": out["wall"], "best": best, "command": out["command"]}
-    record.table(f"8-configuration search (lr {LRS} x r {RANKS}), successive halving at steps {every}, {2 * every}, {4 * every}",
+    record.table(f"8-configuration search (lr {LRS} x r {RANKS}), successive halving at steps {every}, {2 * every}, "
+                 f"{4 * every}; packs' forward: {forward_used(arms['packed, to the end'])}",
                  ["arm", "wall s", "x sequential", "x packed to the end", "pruned", "best config", "same best"], rows)
 
 

@@ -56,6 +56,7 @@ def check_overrides(argv: list[str], config_dir: Path = CONF_DIR, config_name: s
             sweeps.append([f"{o.get_key_element()}={v}" for v in values])
     first = base + [s[0] for s in sweeps]
     cfg = _compose(first, config_dir, config_name)
+    _check_launcher(cfg)
     # A multirun by -m, or by the config itself (experiments set hydra.mode: MULTIRUN).
     if not (args.multirun or str(cfg.hydra.get("mode")) == "RunMode.MULTIRUN"):
         if first != overrides:
@@ -76,6 +77,18 @@ def check_overrides(argv: list[str], config_dir: Path = CONF_DIR, config_name: s
         for job_value in sweep[1:]:
             _compose([*base, *[s[0] if j != i else job_value for j, s in enumerate(sweeps)]],
                      config_dir, config_name)
+
+
+def _check_launcher(cfg: DictConfig) -> None:
+    """The packed launcher's own settings (max_pack, prune, forward), checked as its constructor
+    checks them: Hydra would report a bad one wrapped in four lines of its own."""
+    if cfg.hydra.runtime.choices.get("hydra/launcher") != "packed":
+        return
+    from harness.pack.launcher import PackedLauncher
+
+    settings = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    settings.pop("_target_", None)
+    PackedLauncher(**settings)
 
 
 def _group_schema(group: str) -> type | None:

@@ -176,6 +176,9 @@ BAD = [
     ("hydra/launcher=joblib hydra.launcher.n_jobz=2", r"^hydra\.launcher\.n_jobz=2 is invalid: not a "
                                                       r"hydra\.launcher setting \(did you mean "
                                                       r"hydra\.launcher\.n_jobs\?\)"),
+    ("hydra/launcher=packed hydra.launcher.forward=rows",
+     r"^hydra\.launcher\.forward='rows' is invalid: choose auto, concat or per_job$"),
+    ("hydra/launcher=packed hydra.launcher.max_pack=0", r"^hydra\.launcher\.max_pack=0 is invalid: must be an integer >= 1$"),
     ("logger=nope", r"^logger=nope is invalid: choose none or wandb$"),
     ("logger=wandb logger.mode=sometimes", r"logger\.mode='sometimes' is invalid: choose one of online, offline, "
                                            r"disabled"),

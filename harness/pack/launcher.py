@@ -24,12 +24,12 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import open_dict
 
 from harness.results import read_results
-from harness.schema import check
+from harness.schema import check, choices
 from harness.train import job_info, lr_is_swept, run_forked
 from harness.train.sweep import record_lost_job
 
 from .group import group_jobs
-from .loop import PackJob, run_pack
+from .loop import FORWARDS, PackJob, run_pack
 from .prune import PruneConfig
 
 log = logging.getLogger("harness")
@@ -40,13 +40,15 @@ class PackedLauncherConf:
     _target_: str = "hydra_plugins.harness_packed.PackedLauncher"
     max_pack: int = 8                # jobs per pack at most (memory: each adds its activations)
     prune: Optional[Any] = None      # {metric: eval/loss, every: 50, keep: 0.5}: successive halving
+    forward: str = "auto"            # concat (one batch of every job's rows) | per_job | auto: concat on CUDA only
 
 
 class PackedLauncher(Launcher):
-    def __init__(self, max_pack: int = 8, prune: Any = None) -> None:
+    def __init__(self, max_pack: int = 8, prune: Any = None, forward: str = "auto") -> None:
         check(isinstance(max_pack, int) and not isinstance(max_pack, bool) and max_pack >= 1,
               "hydra.launcher.max_pack", max_pack, "must be an integer >= 1")
-        self.max_pack, self.prune = max_pack, PruneConfig.parse(prune)
+        check(forward in FORWARDS, "hydra.launcher.forward", forward, choices(FORWARDS))
+        self.max_pack, self.prune, self.forward = max_pack, PruneConfig.parse(prune), forward
         self.config = self.task_function = self.hydra_context = None
 
     def setup(self, *, hydra_context, task_function, config) -> None:
@@ -92,11 +94,11 @@ class PackedLauncher(Launcher):
                 jobs.append(PackJob(cfg, run_dir, multirun, sweep, include_lr=lr_is_swept(HydraConfig.get())))
 
             rets[i] = self._run(cfgs[i], capture)
-        prune = self.prune
+        prune, forward = self.prune, self.forward
 
         def train(_):
             _log_to_each(jobs)
-            return run_pack(jobs, pack_id, prune)
+            return run_pack(jobs, pack_id, prune, forward=forward)
 
         def lost(status, preempted):  # the pack's process died without a word: every unfinished job says so
             for j in jobs:

@@ -3,9 +3,11 @@
 Each job is what it is alone (harness.train's `Training`: its own LoopState, data order, optimizer
 and schedule, clipping, NaN handling, evaluations, checkpoints, record and W&B run), and each step
 is one forward/backward of the packed model over the concatenation of every live job's
-micro-batch. One backward over the sum of the jobs' losses gives each job exactly its own
-gradient: their trainable parameters are disjoint and every row of the batch only ever meets its
-own job's parameters. A job that fails (a NaN loss, an error in its own finalize) fails alone and
+micro-batch (`forward="concat"`), or one per job over its own micro-batch (`"per_job"`: no job's
+rows are padded to another's length, which on a CPU costs more than one larger GEMM saves; `"auto"`
+picks concat on CUDA, per_job elsewhere). One backward over the sum of the jobs' losses gives each
+job exactly its own gradient: their trainable parameters are disjoint and every row of the batch
+only ever meets its own job's parameters. A job that fails (a NaN loss, an error in its own finalize) fails alone and
 leaves the pack; a signal preempts every job, each with its checkpoint.
 """
 
@@ -30,6 +32,8 @@ from .prune import PruneConfig, greater_is_better, survivors
 
 log = logging.getLogger("harness")
 
+FORWARDS = ("auto", "concat", "per_job")
+
 
 @dataclass
 class PackJob:
@@ -42,10 +46,10 @@ class PackJob:
 
 
 def run_pack(jobs: list[PackJob], pack_id: str, prune: PruneConfig | None = None,
-             on_step: StepHook | None = None) -> list[float]:
+             on_step: StepHook | None = None, forward: str = "auto") -> list[float]:
     """Train the jobs as one pack; every job ends with its own record. Returns each job's main
     validation metric (NaN unless completed or pruned). Raises Preempted after recording every
-    job as preempted when a signal arrived."""
+    job as preempted when a signal arrived. `forward`: one of FORWARDS (module docstring)."""
     t0 = time.perf_counter()
     reset_peak_rss()
     wrapped = [JobRun(j.cfg, j.run_dir, j.multirun, j.sweep, t0) for j in jobs]
@@ -53,7 +57,7 @@ def run_pack(jobs: list[PackJob], pack_id: str, prune: PruneConfig | None = None
     live: dict[int, tuple[JobRun, Training]] = {}
     with Signals(immediate=True):
         try:
-            _build(jobs, wrapped, live, pack_id)
+            _build(jobs, wrapped, live, pack_id, forward)
             if live:
                 _train(live, prune, on_step)
         except Preempted as e:
@@ -66,7 +70,13 @@ def run_pack(jobs: list[PackJob], pack_id: str, prune: PruneConfig | None = None
     return values
 
 
-def _build(jobs, wrapped, live, pack_id) -> None:
+def resolve_forward(forward: str, device: torch.device) -> str:
+    """FORWARDS' "auto" made concrete for `device`: one GEMM over every job's rows pays on a GPU,
+    where one job's batch leaves it idle; not on a CPU, where it only adds cross-job padding."""
+    return ("concat" if device.type == "cuda" else "per_job") if forward == "auto" else forward
+
+
+def _build(jobs, wrapped, live, pack_id, forward) -> None:
     """Each job's Training (its own model, whose frozen tensors become job 0's), then the pack."""
     started = [k for k, w in enumerate(wrapped) if w.skipped is None]
     configs = {}
@@ -91,7 +101,8 @@ def _build(jobs, wrapped, live, pack_id) -> None:
                 reference = run.model
             else:
                 share_frozen(reference, run.model)  # this job's own copy of the base is freed here
-            job.record.packed = {"size": len(configs), "pack_id": pack_id}
+            job.record.packed = {"size": len(configs), "pack_id": pack_id,
+                                 "forward": resolve_forward(forward, run.device)}
             live[k] = (job, run)
         except Exception as e:  # noqa: BLE001
             _drop(job, e)
@@ -113,6 +124,7 @@ def _train(live: dict, prune: PruneConfig | None, on_step: StepHook | None) -> N
     any_run = next(iter(live.values()))[1]
     packed, kind, device, autocast = any_run.packed, any_run.task.kind, any_run.device, any_run.autocast
     pad = any_run.task.collate.pad_token_id
+    concat = any_run.record.packed["forward"] == "concat"
     for _, run in live.values():
         run.begin_training(quiet=True)
     packed.train()
@@ -130,8 +142,10 @@ def _train(live: dict, prune: PruneConfig | None, on_step: StepHook | None) -> N
                     micros[k] = micro
             if not micros:
                 break
-            losses = _forward_backward(packed, {k: (live[k][1].pack_index, m) for k, m in micros.items()},
-                                       kind, device, autocast, pad)
+            rows = {k: (live[k][1].pack_index, m) for k, m in micros.items()}
+            losses = {}
+            for group in ([rows] if concat else [{k: r} for k, r in rows.items()]):
+                losses.update(_forward_backward(packed, group, kind, device, autocast, pad))
             norms = {}
             for k in micros:
                 job, run = live[k]
@@ -165,7 +179,7 @@ def _train(live: dict, prune: PruneConfig | None, on_step: StepHook | None) -> N
 
 
 def _forward_backward(packed: PackedModel, micros: dict, kind, device, autocast, pad) -> dict[int, float]:
-    """One step's micro-batches of every live job through the pack; returns each job's step loss.
+    """One step's micro-batches of these jobs through the pack as one batch; returns each job's step loss.
     Each job's loss is its own summed loss over its items (examples or response tokens) divided by
     its own item count, as `accumulate_gradients` computes it alone."""
     items = {k: sum(loss_items(kind, b["labels"]) for b in m) for k, (_, m) in micros.items()}

@@ -1,6 +1,7 @@
 """The test that proves the design: every packed job trains exactly as it does alone (dropout off,
 fp32 CPU): the same loss curve and final metrics within 1e-4, for a pack mixing r, alpha, lr (LoRA+ ratio),
-seed, init, rsLoRA and target modules (a layer adapted by some jobs only)."""
+seed, init, rsLoRA and target modules (a layer adapted by some jobs only), whether the pack runs
+one forward over every job's rows (concat) or one per job (per_job)."""
 
 import json
 
@@ -17,15 +18,24 @@ def curve(run_dir, key):
     return [(r["step"], r[key]) for r in metrics_rows(run_dir) if r.get(key) is not None]
 
 
-def test_packed_jobs_equal_their_sequential_twins(tiny_model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def solo_twins(tiny_model_dir, tmp_path_factory):
+    """The MIX jobs run alone, one after another: the reference both forward modes are held to."""
+    root = tmp_path_factory.mktemp("solo")
+    for i, job in enumerate(pack_jobs(tiny_model_dir, root / "unused")):
+        run_solo(job, root / str(i))
+    return root
+
+
+@pytest.mark.parametrize("forward", ["concat", "per_job"])
+def test_packed_jobs_equal_their_sequential_twins(tiny_model_dir, tmp_path, solo_twins, forward):
     jobs = pack_jobs(tiny_model_dir, tmp_path / "pack")
-    values = run_pack(jobs, pack_id="p0")
+    values = run_pack(jobs, pack_id="p0", forward=forward)
     for i, job in enumerate(jobs):
-        solo_dir = tmp_path / "solo" / str(i)
-        run_solo(job, solo_dir)
+        solo_dir = solo_twins / str(i)
         packed, solo = read_record(job.run_dir), read_record(solo_dir)
         assert packed["status"] == solo["status"] == "completed", (packed["error"], solo["error"])
-        assert packed["packed"] == {"size": 3, "pack_id": "p0"} and solo["packed"] is None
+        assert packed["packed"] == {"size": 3, "pack_id": "p0", "forward": forward} and solo["packed"] is None
         assert packed["lora"] == solo["lora"] and packed["params"] == solo["params"]
         a, b = curve(job.run_dir, "train/loss"), curve(solo_dir, "train/loss")
         assert len(a) == 12 and [s for s, _ in a] == [s for s, _ in b]

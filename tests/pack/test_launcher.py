@@ -44,7 +44,8 @@ def test_packed_launcher_runs_lora_jobs_in_a_pack_and_full_ft_alone(tiny_model_d
     assert len(records) == 4 and all(r["status"] == "completed" for r in records.values())
     lora = [r for r in records.values() if r["method"] == "lora"]
     full = [r for r in records.values() if r["method"] == "full"]
-    assert [r["packed"] for r in lora] == [{"size": 2, "pack_id": "pack0"}] * 2
+    forward = "concat" if lora[0]["device"].startswith("cuda") else "per_job"  # hydra.launcher.forward=auto
+    assert [r["packed"] for r in lora] == [{"size": 2, "pack_id": "pack0", "forward": forward}] * 2
     assert [r["seed"] for r in lora] == [0, 1] and all(r["packed"] is None for r in full) and len(full) == 2
     assert sorted(r["sweep"]["job_num"] for r in records.values()) == [0, 1, 2, 3]
     assert all((sweep / name / ".hydra" / "config.yaml").exists() for name in records)

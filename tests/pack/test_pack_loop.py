@@ -84,3 +84,16 @@ def test_survivors_and_bad_prune_settings():
         PruneConfig(keep=1.5)
     with pytest.raises(ConfigError, match=r"hydra.launcher.prune.metric='loss' is invalid: must be eval/"):
         PruneConfig(metric="loss")
+
+
+def test_forward_modes_and_a_bad_one():
+    import torch
+
+    from harness.pack.launcher import PackedLauncher
+    from harness.pack.loop import resolve_forward
+
+    assert resolve_forward("auto", torch.device("cpu")) == "per_job"
+    assert resolve_forward("auto", torch.device("cuda", 0)) == "concat"
+    assert resolve_forward("concat", torch.device("cpu")) == "concat"
+    with pytest.raises(ConfigError, match=r"^hydra.launcher.forward='rows' is invalid: choose auto, concat or per_job$"):
+        PackedLauncher(forward="rows")
