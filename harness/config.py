@@ -211,7 +211,7 @@ class ModelConfig:
 SETTINGS = ("model", "task", "method", "trainer", "logger", "paths", "seed", "resume", "sweep_name")
 # Groups of the defaults list whose files are `# @package _global_` diffs (null by default): they
 # set other keys, and a node of their own name is accepted too.
-TOP_LEVEL = SETTINGS + ("experiment", "hparams_search", "debug", "placement", "hydra")
+TOP_LEVEL = SETTINGS + ("experiment", "hparams_search", "debug", "placement", "scaling", "hydra")
 
 
 def validate(cfg: DictConfig) -> tuple[MethodConfig, TrainerConfig]:
