@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import safetensors.torch
@@ -165,11 +167,17 @@ def load_model(model_cfg, kind: str, num_labels: int | None = None, tokenizer=No
     if kind == "causal_lm" and cache is not None and not (cache / "config.json").exists():
         log.info("caching the dequantized %s checkpoint at %s", model_cfg.name, cache)
         # save_pretrained refuses models loaded from GGUF; the float weights are a plain checkpoint.
-        tmp = cache.with_name(cache.name + ".tmp")
+        # A folder of this process's own: jobs of a parallel sweep may cache the same checkpoint at once.
+        tmp = cache.with_name(f"{cache.name}.tmp{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
         safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
         model.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        tmp.rename(cache)  # config.json appears only once the checkpoint is complete
+        try:
+            tmp.rename(cache)  # config.json appears only once the checkpoint is complete
+        except OSError:  # another job finished first: its copy is the same checkpoint
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (cache / "config.json").exists():
+                raise
     return model

@@ -18,6 +18,12 @@ import torch
 
 from harness.tiny import save_tiny, tiny_bert as _bert, tiny_gpt2 as _gpt2, tiny_llama as _llama
 
+# Under pytest-xdist (`-n auto`, the README's test command) each worker gets its share of the cores:
+# torch's default (every core per process) would oversubscribe them and slow every worker down.
+# The CLI's subprocesses get one thread from tests/helpers.cli_env.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
 
 def pytest_collection_modifyitems(config, items):
     """Skip every test marked `cuda` where there is no GPU, saying so (not a silent pass)."""
