@@ -187,6 +187,7 @@ BAD = [
                         r"low_rank_analysis_full, rank_ablation or target_modules$"),
     ("hparams_search=nope", r"^hparams_search=nope is invalid: choose lora_lr$"),
     ("placement=q32", r"^placement=q32 is invalid: choose k16, o16, q16, qk8, qkvo4, qv8 or v16$"),
+    ("scaling=sqrt", r"^scaling=sqrt is invalid: choose fixed_alpha, fixed_scale or rslora$"),
     ("debug=nope", r"^debug=nope is invalid: choose tiny$"),
     # the optional groups are in the defaults list (as null): the '+' of older commands is refused
     ("+experiment=rank_ablation", r"^\+experiment=rank_ablation is invalid: experiment is in the defaults list; "
@@ -261,7 +262,7 @@ def test_the_table_covers_every_group():
     assert len(BAD) >= 40
     keys = {o.split("=")[0].lstrip("+").split(".")[0] for row, _ in BAD for o in row.split()}
     assert {"method", "model", "task", "trainer", "seed", "resume", "hydra/launcher", "hydra/sweeper",
-            "logger", "experiment", "hparams_search", "placement", "debug", "paths"} <= keys
+            "logger", "experiment", "hparams_search", "placement", "scaling", "debug", "paths"} <= keys
 
 
 @pytest.mark.parametrize("overrides, pattern", BAD, ids=[row for row, _ in BAD])

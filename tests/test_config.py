@@ -3,10 +3,12 @@
 import itertools
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from harness.config import validate
+from harness.lora import LoraLinear
 from tests.helpers import ROOT
 
 CONF = str(ROOT / "conf")
@@ -47,6 +49,19 @@ def test_target_module_placements_share_one_adapter_budget():
     for path in sorted((ROOT / "conf" / "placement").glob("*.yaml")):
         m = composed(f"placement={path.stem}").method
         assert m.r * len(m.target_modules) == 16, path.stem
+
+
+def test_scalings_agree_at_r8_and_follow_their_rule_elsewhere():
+    """conf/scaling/: the adapter's scale (alpha/r, or alpha/sqrt(r) with rsLoRA) as the LoRA layer
+    computes it, 2 at r=8 in every scaling, then held (fixed_scale), 16/r (fixed_alpha) or 2*sqrt(8/r)."""
+    rule = {"fixed_scale": lambda r: 2.0, "fixed_alpha": lambda r: 16 / r, "rslora": lambda r: 2 * (8 / r) ** 0.5}
+    for path in sorted((ROOT / "conf" / "scaling").glob("*.yaml")):
+        for r in (1, 8, 64):
+            lora = validate(composed(f"scaling={path.stem}", f"method.r={r}"))[0].lora
+            assert lora.rank_alpha("bert.encoder.layer.0.attention.self.query")[0] == r
+            layer = LoraLinear(torch.nn.Linear(4, 4), r=r, alpha=lora.alpha, rslora=lora.rslora)
+            assert layer.scaling == pytest.approx(rule[path.stem](r)), (path.stem, r)
+    assert sorted(p.stem for p in (ROOT / "conf" / "scaling").glob("*.yaml")) == sorted(rule)
 
 
 def test_rank_and_alpha_patterns_compose_in_both_spellings():
