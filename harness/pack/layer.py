@@ -38,6 +38,9 @@ class PackedLoraLinear(nn.Module):
         self.layers = layers  # a plain list: the jobs' parameters belong to their own models
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.segments.spans) == 1:  # one job's rows (forward=per_job, or the last job left):
+            layer = self.layers[self.segments.spans[0][0]]  # its own layer, whose base is the shared one,
+            return self.base(x) if layer is None else layer(x)  # so exactly what its solo run computes
         y = self.base(x)
         pieces = []
         for k, start, stop in self.segments.spans:
@@ -58,6 +61,8 @@ class PackedHead(nn.Module):
         self.heads, self.segments = heads, segments
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if len(self.segments.spans) == 1:
+            return self.heads[self.segments.spans[0][0]](x, *args, **kwargs)
         pieces = [self.heads[k](x[start:stop], *args, **kwargs) for k, start, stop in self.segments.spans]
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
