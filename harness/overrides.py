@@ -80,15 +80,20 @@ def check_overrides(argv: list[str], config_dir: Path = CONF_DIR, config_name: s
 
 
 def _check_launcher(cfg: DictConfig) -> None:
-    """The packed launcher's own settings (max_pack, prune, forward), checked as its constructor
-    checks them: Hydra would report a bad one wrapped in four lines of its own."""
+    """The packed launcher's own settings (max_pack, prune, forward), checked by building it as
+    Hydra will (from its `_target_`, so this module does not import harness.pack, which imports
+    harness.train): Hydra would report a bad one wrapped in four lines of its own."""
     if cfg.hydra.runtime.choices.get("hydra/launcher") != "packed":
         return
-    from harness.pack.launcher import PackedLauncher
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
 
-    settings = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
-    settings.pop("_target_", None)
-    PackedLauncher(**settings)
+    try:
+        instantiate(cfg.hydra.launcher)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
+        raise
 
 
 def _group_schema(group: str) -> type | None:
