@@ -50,7 +50,7 @@ class PackedLoraLinear(nn.Module):
                 continue
             h = nn.functional.linear(layer.dropout(x[start:stop]), layer.lora_A.weight)
             pieces.append(y[start:stop] + layer.scaling * nn.functional.linear(h, layer.lora_B.weight))
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        return torch.cat(pieces)
 
 
 class PackedHead(nn.Module):
@@ -63,8 +63,7 @@ class PackedHead(nn.Module):
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if len(self.segments.spans) == 1:
             return self.heads[self.segments.spans[0][0]](x, *args, **kwargs)
-        pieces = [self.heads[k](x[start:stop], *args, **kwargs) for k, start, stop in self.segments.spans]
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        return torch.cat([self.heads[k](x[start:stop], *args, **kwargs) for k, start, stop in self.segments.spans])
 
 
 def _frozen_by_base_name(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
@@ -151,7 +150,10 @@ PAD = {"attention_mask": 0, "token_type_ids": 0, "labels": IGNORE_INDEX}
 def concat_batches(batches: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
     """The jobs' micro-batches as one batch, each padded on the right to the longest (as the
     collator pads): padded keys are masked out of attention, so every real position computes what
-    it computes in its own batch, up to float rounding. 1-D labels (classes) are concatenated."""
+    it computes in its own batch, up to float rounding. 1-D labels (classes) are concatenated.
+    One batch (forward=per_job) comes back as it is, not padded and copied into itself."""
+    if len(batches) == 1:
+        return dict(batches[0])
     width = max(b["input_ids"].shape[1] for b in batches)
     out = {}
     for key in batches[0]:

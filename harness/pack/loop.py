@@ -5,9 +5,9 @@ and schedule, clipping, NaN handling, evaluations, checkpoints, record and W&B r
 is one forward/backward of the packed model over the concatenation of every live job's
 micro-batch (`forward="concat"`), or one per job over its own micro-batch (`"per_job"`: no job's
 rows are padded to another's length, which on a CPU costs more than one larger GEMM saves; `"auto"`
-picks concat on CUDA, per_job elsewhere). One backward over the sum of the jobs' losses gives each
-job exactly its own gradient: their trainable parameters are disjoint and every row of the batch
-only ever meets its own job's parameters. A job that fails (a NaN loss, an error in its own finalize) fails alone and
+picks concat on CUDA, per_job elsewhere). With concat, one backward over the sum of the jobs'
+losses gives each job exactly its own gradient: their trainable parameters are disjoint and every
+row of the batch only ever meets its own job's parameters. A job that fails (a NaN loss, an error in its own finalize) fails alone and
 leaves the pack; a signal preempts every job, each with its checkpoint.
 """
 
