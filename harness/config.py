@@ -100,7 +100,7 @@ class MethodConfig:
 @dataclass
 class TrainerConfig:
     device: str = "auto"
-    precision: str = "bf16"
+    precision: str = "auto"
     epochs: float = 1
     max_steps: Optional[int] = None
     batch_size: int = 32
@@ -124,7 +124,7 @@ class TrainerConfig:
 
     def __post_init__(self):
         check(self.device in ("auto", "cpu", "cuda"), "trainer.device", self.device, "choose auto, cpu or cuda")
-        check(self.precision in ("bf16", "fp32"), "trainer.precision", self.precision, "choose bf16 or fp32")
+        check(self.precision in ("auto", "bf16", "fp32"), "trainer.precision", self.precision, "choose auto, bf16 or fp32")
         check(self.epochs > 0, "trainer.epochs", self.epochs, "must be > 0")
         check(self.max_steps is None or self.max_steps > 0, "trainer.max_steps", self.max_steps, "must be > 0 or null")
         for key in ("batch_size", "grad_accum", "eval_batch_size", "log_every", "keep_checkpoints"):

@@ -11,7 +11,9 @@ CONF = ROOT / "conf"
 
 # A few steps of real Rotten Tomatoes data on a 2-layer, 32-wide BERT: seconds per run. debug=tiny
 # (conf/debug/tiny.yaml) is the budget: 96 training examples in batches of 8, 32 for eval and test.
-TINY_RUN = ("debug=tiny", "model.name=tiny_bert", "method.lr=1e-2")
+# fp32: trainer.precision=auto would run bf16 on a CPU with native bf16 and fp32 on one without, and
+# the tests pin numbers against fp32 references (tests/train/test_precision.py covers bf16).
+TINY_RUN = ("debug=tiny", "model.name=tiny_bert", "method.lr=1e-2", "trainer.precision=fp32")
 
 
 def cli_env() -> dict:

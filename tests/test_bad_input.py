@@ -149,7 +149,7 @@ BAD = [
     ("trainer.timing_warmup_steps=-1", r"trainer\.timing_warmup_steps=-1 is invalid: must be >= 0"),
     ("trainer.num_workers=-1", r"trainer\.num_workers=-1 is invalid: must be >= 0"),
     ("trainer.device=tpu", r"trainer\.device='tpu' is invalid: choose auto, cpu or cuda"),
-    ("trainer.precision=fp8", r"trainer\.precision='fp8' is invalid: choose bf16 or fp32"),
+    ("trainer.precision=fp8", r"trainer\.precision='fp8' is invalid: choose auto, bf16 or fp32"),
     ("trainer.on_nan=ignore", r"trainer\.on_nan='ignore' is invalid: choose fail or skip"),
     ("trainer.gradient_checkpointing=maybe", r"trainer\.gradient_checkpointing='maybe' is invalid: must be true or "
                                              r"false"),

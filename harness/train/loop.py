@@ -31,7 +31,7 @@ from harness.telemetry import Tracker
 from . import checkpoint
 from .optim import build_optimizer, warmup_linear_decay
 from .progress import Progress
-from .runtime import Preempted, Signals, TrainingFailed, autocast, pick_device, seed_everything
+from .runtime import Preempted, Signals, TrainingFailed, autocast, effective_precision, pick_device, seed_everything
 from .state import LoopState, empty_window
 from .step import StepEnd, StepHook, accumulate_gradients
 from .weights import BestWeights, save_trained
@@ -220,6 +220,7 @@ def setup(cfg, method, tcfg, run_dir, tracker, record, attempt, tokenizer=None, 
         cfg, method, tcfg, run_dir, tracker, record, attempt)
     run.device = device = pick_device(tcfg.device)
     record.device = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
+    record.precision = effective_precision(device, tcfg.precision)
     run.autocast = autocast(device, tcfg.precision)
 
     seed_everything(cfg.seed)
