@@ -8,8 +8,11 @@ the whole 4-job sweep, timed as the wall clock of its processes (start-up, loadi
 training and evaluation included):
 
     harness              `python -m harness.train -m ...` with the harness's defaults (one process)
+    harness_fp32         the same in fp32 (trainer.precision=fp32): what precision=auto's bf16 buys on
+                         a CPU with native bf16 (on one without, auto is fp32 and the arms coincide)
     harness_before       the same with the defaults before issue 12: random batches
-                         (task.group_by_length=false) and the checkpoint's dropout (model.dropout=null)
+                         (task.group_by_length=false), the checkpoint's dropout (model.dropout=null)
+                         and fp32 on CPU (trainer.precision=fp32)
     bare                 the same 4 jobs in a plain PyTorch loop in one process: the harness's data
                          (same batches, same defaults), model preparation and fused AdamW, no
                          logging, records, checkpoints or W&B; what the harness's plumbing costs
@@ -42,8 +45,9 @@ from bench import common
 RANKS, SEEDS = (4, 8), (0, 1)
 N_TRAIN, N_EVAL, BATCH = 3000, 1000, 32
 QUICK = {"N_TRAIN": 64, "N_EVAL": 32, "BATCH": 8}  # --quick: a smoke test on the tiny BERT
-ARMS = ("harness", "harness_before", "bare", "trainer_peft", "trainer_peft_fast")
-BEFORE = ["task.group_by_length=false", "model.dropout=null"]  # the defaults before issue 12
+ARMS = ("harness", "harness_fp32", "harness_before", "bare", "trainer_peft", "trainer_peft_fast")
+BEFORE = ["task.group_by_length=false", "model.dropout=null", "trainer.precision=fp32"]  # the defaults before issue 12
+EXTRA = {"harness": [], "harness_fp32": ["trainer.precision=fp32"], "harness_before": BEFORE}
 
 
 def timed(cmd: list[str], env: dict) -> float:
@@ -67,7 +71,8 @@ def harness_arm(folder: Path, quick: bool, extra: list[str] = ()) -> dict:
            "trainer.save_model=false", f"hydra.sweep.dir={folder}", *extra]
     wall = timed(cmd, common.child_env())
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("*/results.json"))]
-    return {"wall_s": wall, "accuracy": [r["metrics"]["final"]["accuracy"] for r in records],
+    return {"wall_s": wall, "precision": [r["precision"] for r in records],
+            "accuracy": [r["metrics"]["final"]["accuracy"] for r in records],
             "test_accuracy": [r["metrics"]["test"]["final"]["accuracy"] for r in records],
             "loss": [r["metrics"]["final"]["loss"] for r in records],
             "tokens_per_s": [r["throughput"]["tokens_per_s"] for r in records], "command": cmd}
@@ -111,25 +116,29 @@ def bare_job(r: int, seed: int, quick: bool) -> dict:
     import torch
 
     from harness.scoring import evaluate_model
-    from harness.train import seed_everything, warmup_linear_decay
+    from harness.train import autocast, pick_device, seed_everything, warmup_linear_decay
 
     seed_everything(seed)
     task, model_cfg = load_task(seed, quick)
     seed_everything(seed)
     model, opt = common.build_model(common.method_config("lora", r=r, alpha=2 * r), model_cfg, seed=seed)
     tcfg = common.trainer_config()
+    amp = autocast(pick_device("cpu"), tcfg.precision)  # the harness's default precision on this CPU
     steps = len(task.train_batches(BATCH, seed, 0))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear_decay(int(tcfg.warmup_ratio * steps), steps))
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.train()
     for batch in task.train_loader(BATCH, seed, 0):
-        model(**batch).loss.backward()
+        labels = batch.pop("labels")
+        with amp():
+            logits = model(**batch).logits
+        torch.nn.functional.cross_entropy(logits.float(), labels).backward()  # the loss in fp32, as the harness
         torch.nn.utils.clip_grad_norm_(trainable, tcfg.max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-    scores = evaluate_model(model, task, tcfg.eval_batch_size, "cpu")
-    test = evaluate_model(model, task, tcfg.eval_batch_size, "cpu", split="test")
+    scores = evaluate_model(model, task, tcfg.eval_batch_size, "cpu", amp)
+    test = evaluate_model(model, task, tcfg.eval_batch_size, "cpu", amp, split="test")
     return {"accuracy": scores["accuracy"], "loss": scores["loss"], "test_accuracy": test["accuracy"]}
 
 
@@ -224,7 +233,7 @@ def main(argv=None) -> None:
             for arm in arms[rnd % len(arms):] + arms[:rnd % len(arms)]:
                 print(f"round {rnd + 1}/{args.rounds}: {arm}", flush=True)
                 if arm.startswith("harness"):
-                    out = harness_arm(Path(tmp) / f"{arm}{rnd}", args.quick, BEFORE if arm == "harness_before" else [])
+                    out = harness_arm(Path(tmp) / f"{arm}{rnd}", args.quick, EXTRA[arm])
                 else:
                     out = child_arm(arm, jobs, args.peft_path, args.quick)
                 print(f"  {out['wall_s']:.0f} s, accuracy {out['accuracy']}", flush=True)

@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 
+
+from harness.train import effective_precision
 from bench import (adapter_switch, common, default_sweep, harness_overhead, lora_layer, merged_inference, packed_sweep, padding, sweep_overhead,
                    train_step)
 from harness.lora import LoraConfig, LoraLinear, apply_lora
@@ -163,6 +165,8 @@ def test_default_sweep_quick(tmp_path):
     rec = json.loads((tmp_path / "default_sweep.json").read_text())
     harness, bare = rec["raw"]["harness"][0], rec["raw"]["bare"][0]
     assert len(harness["accuracy"]) == 4 and harness["accuracy"] == bare["accuracy"]
+    # the bare loop autocasts as the harness's default (trainer.precision=auto) does on this machine
+    assert harness["precision"] == [effective_precision(torch.device("cpu"), "auto")] * 4
     assert harness["test_accuracy"] == bare["test_accuracy"]  # both score the test split too
     assert harness["loss"] == pytest.approx(bare["loss"], rel=1e-5)
     assert len(set(harness["loss"])) == 4  # four different jobs

@@ -24,7 +24,10 @@ ADDED_SINCE = {"model.dropout": None,  # null: the checkpoint's own dropout, as 
                "method.use_dora": False, "method.freeze_a": False, "method.lr_ratio": None}
 # Spelled differently today, meaning the same on MiniLM (a BERT): {key: {today: as recorded}}.
 RESPELLED = {"method.target_modules": {"query+value": ["query", "value"]},  # harness.lora QUERY_VALUE_TARGETS["bert"]
-             "method.rank_pattern": {None: {}}, "method.alpha_pattern": {None: {}}}
+             "method.rank_pattern": {None: {}}, "method.alpha_pattern": {None: {}},
+             # before trainer.precision=auto, bf16 meant bf16 autocast on CUDA only: a CPU run recorded
+             # as bf16 ran fp32 (checked below: only on records whose device is the CPU)
+             "trainer.precision": {"fp32": "bf16"}}
 
 
 def flat(node: dict, prefix: str = "") -> dict:
@@ -79,6 +82,8 @@ def test_experiment_alone_regenerates_every_job_of_its_committed_study(experimen
                 continue
             old_spelling = RESPELLED.get(name, {}).get(value if not isinstance(value, list) else None, value)
             assert recorded[name] in (value, old_spelling), (job, name, value, recorded[name])
+            if name == "trainer.precision" and recorded[name] != value:
+                assert record["device"] == "cpu", (job, record["device"])
         assert set(recorded) <= set(composed), (job, set(recorded) - set(composed))
 
 
