@@ -15,7 +15,7 @@ from harness.analysis.plots import (DPI, MARKERS, Skip, group_labels, load_curve
                                     plot_bars, plot_curves, plot_learning_vs_forgetting, plot_metric_vs_params,
                                     plot_metric_vs_rank)
 from harness.analysis.records import (PER_RUN_CONFIG, RERUN_CONFIG, RESULTS, SKIP_KEYS, completed, dedupe, failed_runs,
-                                      flatten, load_records, load_wandb, record_from_summary, records_frame,
+                                      flatten, load_records, load_wandb, ran_precision, record_from_summary, records_frame,
                                       run_identity, run_record)
 from harness.analysis.render import (FORMATS, Cell, Column, caption, column_label, latex_escape, markdown_table, render,
                                      render_failed)
@@ -29,7 +29,7 @@ __all__ = [
     "DPI", "MARKERS", "Skip", "group_labels", "load_curves", "main_name", "mean_curves", "panels", "plot_bars",
     "plot_curves", "plot_learning_vs_forgetting", "plot_metric_vs_params", "plot_metric_vs_rank",
     "PER_RUN_CONFIG", "RERUN_CONFIG", "RESULTS", "SKIP_KEYS", "completed", "dedupe", "failed_runs", "flatten",
-    "load_records", "load_wandb", "record_from_summary", "records_frame", "run_identity", "run_record",
+    "load_records", "load_wandb", "ran_precision", "record_from_summary", "records_frame", "run_identity", "run_record",
     "FORMATS", "Cell", "Column", "caption", "column_label", "latex_escape", "markdown_table", "render", "render_failed",
     "MEMORY", "STYLE", "THROUGHPUT", "paper_tables", "summary_with", "write_report",
     "ALWAYS_BY", "CANDIDATE_BY", "DASH", "DEFAULT_METRICS", "FORGET", "LABELS", "LOWER_IS_BETTER_WORDS", "SPLITS",

@@ -172,11 +172,23 @@ def flatten(record: Mapping, prefix: str = "") -> dict:
     return out
 
 
+def ran_precision(record: Mapping) -> str | None:
+    """The precision a run computed in ("bf16" or "fp32"): its record's `precision`. Records written
+    before that field existed ran bf16 autocast only on CUDA (trainer.precision=bf16 meant that
+    then): fp32 on the CPU, the configured precision on a GPU."""
+    if record.get("precision") is not None or record.get("device") is None:
+        return record.get("precision")
+    if record["device"] == "cpu":
+        return "fp32"
+    return ((record.get("config") or {}).get("trainer") or {}).get("precision")
+
+
 def records_frame(records: list[dict]) -> pd.DataFrame:
     """One row per run. Adds `metrics.final.main`/`metrics.best.main` (and `metrics.test.final.main`
     / `metrics.test.best.main` for runs scored on a test split): the value of each run's own main
     metric, so tasks with different main metrics (accuracy, mcc) can share a column."""
-    rows = [flatten({k: v for k, v in r.items() if k not in SKIP_KEYS}) for r in records]
+    rows = [flatten({**{k: v for k, v in r.items() if k not in SKIP_KEYS},
+                     **({"precision": ran_precision(r)} if ran_precision(r) else {})}) for r in records]
     for row in rows:
         main = row.get("metrics.main_metric")
         for which in ("final", "best"):

@@ -55,3 +55,13 @@ def test_run_record_status_from_state_when_summary_has_none():
     local = {k: v for k, v in A.load_records([LVF / "0_full-seed0"])[0].items() if k != "status"}
     assert A.run_record(fake_run(local, state="finished"))["status"] == "completed"
     assert A.run_record(fake_run(local, state="crashed"))["status"] == "crashed"
+
+
+def test_precision_column_is_what_ran_older_cpu_records_included():
+    new = {"device": "cpu", "precision": "bf16", "config": {"trainer": {"precision": "auto"}}}
+    old_cpu = {"device": "cpu", "config": {"trainer": {"precision": "bf16"}}}  # bf16 meant CUDA only
+    old_gpu = {"device": "NVIDIA H100", "config": {"trainer": {"precision": "bf16"}}}
+    failed_early = {"status": "failed"}
+    assert [A.ran_precision(r) for r in (new, old_cpu, old_gpu, failed_early)] == ["bf16", "fp32", "bf16", None]
+    df = A.records_frame([{**new, "method": "lora"}, {**old_cpu, "method": "lora"}])
+    assert df["precision"].tolist() == ["bf16", "fp32"]
