@@ -265,17 +265,19 @@ def quiet_transformers() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def build_model(method, model_cfg, device: torch.device | str = "cpu", seed: int = 0, optimizer: bool = True):
+def build_model(method, model_cfg, device: torch.device | str = "cpu", seed: int = 0, optimizer: bool = True,
+                attn_implementation: str | None = None):
     """(model, optimizer or None) exactly as harness.train.fit builds them: the packaged model with
-    a 2-label head, `prepare_model` (LoRA adapters + head_modules, or everything for full FT), and
-    `build_optimizer` with conf/trainer/default.yaml (fused AdamW for both methods)."""
+    a 2-label head (and `attn_implementation`, None: transformers' default), `prepare_model` (LoRA
+    adapters + head_modules, or everything for full FT), and `build_optimizer` with
+    conf/trainer/default.yaml (fused AdamW for both methods)."""
     from omegaconf import OmegaConf
 
     from harness.models import load_model
     from harness.train import build_optimizer, prepare_model
 
     torch.manual_seed(seed)
-    model = load_model(model_cfg, "classification", 2)
+    model = load_model(model_cfg, "classification", 2, attn_implementation=attn_implementation)
     prepare_model(OmegaConf.create({"model": OmegaConf.to_container(model_cfg)}), method, model)
     model.to(device)
     if not optimizer:

@@ -71,7 +71,7 @@ def harness_arm(folder: Path, quick: bool, extra: list[str] = ()) -> dict:
            "trainer.save_model=false", f"hydra.sweep.dir={folder}", *extra]
     wall = timed(cmd, common.child_env())
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("*/results.json"))]
-    return {"wall_s": wall, "precision": [r["precision"] for r in records],
+    return {"wall_s": wall, "precision": [r["precision"] for r in records], "attention": [r["attention"] for r in records],
             "accuracy": [r["metrics"]["final"]["accuracy"] for r in records],
             "test_accuracy": [r["metrics"]["test"]["final"]["accuracy"] for r in records],
             "loss": [r["metrics"]["final"]["loss"] for r in records],
@@ -116,14 +116,16 @@ def bare_job(r: int, seed: int, quick: bool) -> dict:
     import torch
 
     from harness.scoring import evaluate_model
-    from harness.train import autocast, pick_device, seed_everything, warmup_linear_decay
+    from harness.train import attention_for, autocast, pick_device, seed_everything, warmup_linear_decay
 
     seed_everything(seed)
     task, model_cfg = load_task(seed, quick)
     seed_everything(seed)
-    model, opt = common.build_model(common.method_config("lora", r=r, alpha=2 * r), model_cfg, seed=seed)
-    tcfg = common.trainer_config()
-    amp = autocast(pick_device("cpu"), tcfg.precision)  # the harness's default precision on this CPU
+    tcfg, cpu = common.trainer_config(), pick_device("cpu")
+    amp = autocast(cpu, tcfg.precision)  # the harness's default precision and attention on this CPU
+    model, opt = common.build_model(common.method_config("lora", r=r, alpha=2 * r), model_cfg, seed=seed,
+                                    attn_implementation=attention_for(model_cfg.get("attn_implementation"), cpu,
+                                                                      tcfg.precision))
     steps = len(task.train_batches(BATCH, seed, 0))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_linear_decay(int(tcfg.warmup_ratio * steps), steps))
     trainable = [p for p in model.parameters() if p.requires_grad]

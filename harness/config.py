@@ -97,6 +97,9 @@ class MethodConfig:
         return self
 
 
+ATTENTION = (None, "eager", "sdpa", "flash_attention_2", "flex_attention")  # transformers' attn_implementation
+
+
 @dataclass
 class TrainerConfig:
     device: str = "auto"
@@ -159,6 +162,9 @@ class ModelConfig:
     trust_remote_code: bool = False
     config_overrides: Optional[Dict[str, Any]] = None
     dropout: Optional[float] = None  # every dropout probability of the checkpoint; null: its own
+    # attention kernel: null = eager where the run autocasts to bf16 on a CPU (torch's CPU flash
+    # attention backward is ~6x slower in bf16 than in fp32), transformers' default (sdpa) elsewhere
+    attn_implementation: Optional[str] = None
     token: Optional[str] = None  # hub token (`+model.token=hf_...`), passed to from_pretrained, redacted everywhere
     head_modules: Optional[List[str]] = field(default_factory=list)  # null: none
 
@@ -171,6 +177,8 @@ class ModelConfig:
         check(self.dtype in DTYPES, "model.dtype", self.dtype, choices(DTYPES))
         check(self.dropout is None or 0 <= self.dropout < 1, "model.dropout", self.dropout,
                "a probability in [0, 1), or null for the checkpoint's own")
+        check(self.attn_implementation in ATTENTION, "model.attn_implementation", self.attn_implementation,
+              "choose null (automatic), " + ", ".join(a for a in ATTENTION if a))
         check(all(h for h in self.head_modules), "model.head_modules", self.head_modules,
                "module names or suffixes, e.g. [classifier, pooler], or []")
         folder = self.local_folder()

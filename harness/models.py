@@ -136,8 +136,10 @@ def set_module_dropout(model: torch.nn.Module, p: float) -> int:
     return len(modules)
 
 
-def load_model(model_cfg, kind: str, num_labels: int | None = None, tokenizer=None) -> torch.nn.Module:
-    """Load the pretrained model with the head the task needs.
+def load_model(model_cfg, kind: str, num_labels: int | None = None, tokenizer=None,
+               attn_implementation: str | None = None) -> torch.nn.Module:
+    """Load the pretrained model with the head the task needs, with `attn_implementation` as its
+    attention kernel (None: transformers' default; the trainer passes harness.train.attention_for).
 
     `kind` is the task kind: "classification" / "regression" get a sequence-classification head
     (`num_labels` outputs; 1 and `problem_type="regression"` for regression), "causal_lm" the LM head.
@@ -151,6 +153,8 @@ def load_model(model_cfg, kind: str, num_labels: int | None = None, tokenizer=No
                          f"dropout field: set one of them")
     kwargs.update({**dropout, **overrides})
     kwargs["dtype"] = DTYPES[model_cfg.get("dtype", "float32")]
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
     if kind == "causal_lm":
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     elif kind in ("classification", "regression"):

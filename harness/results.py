@@ -100,6 +100,7 @@ class RunRecord:
     git: dict | None = None
     device: str | None = None           # "cpu" or the CUDA device's name
     precision: str | None = None        # what ran: "bf16" (autocast) or "fp32" (trainer.precision resolved)
+    attention: str | None = None        # the attention kernel that ran (model.attn_implementation resolved)
     sweep: dict | None = None           # {dir, job_num, overrides}
     packed: dict | None = None          # {size, pack_id, ...}: trained in a pack (harness/pack); None: alone
     config: dict | None = None          # the job's config, redacted (resolved once it resolves)

@@ -17,6 +17,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 # Keys added to the config tree after the studies ran, with the value that means what the studies
 # ran with (anything else would change the study, and fails the test below).
 ADDED_SINCE = {"model.dropout": None,  # null: the checkpoint's own dropout, as before model.dropout existed
+               "model.attn_implementation": None,  # null: transformers' default (sdpa) for these fp32 CPU studies
                "model.cache_dir": None, "task.cache_dir": None,  # the default cache root
                "trainer.select_best": False, "trainer.restart": False,
                "paths.output_dir": "outputs", "paths.cache_dir": None,

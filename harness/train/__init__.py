@@ -32,8 +32,8 @@ from .loop import Training, build_model, finalize, fit, prepare_model, setup, tr
 from .step import StepEnd, StepHook, accumulate_gradients  # noqa: E402
 from .optim import build_optimizer, warmup_linear_decay  # noqa: E402
 from .progress import Progress  # noqa: E402
-from .runtime import (Preempted, Signals, TrainingFailed, autocast, effective_precision, pick_device,  # noqa: E402
-                      seed_everything, to_device)
+from .runtime import (Preempted, Signals, TrainingFailed, attention_for, autocast, effective_precision,  # noqa: E402
+                      pick_device, seed_everything, to_device)
 from .state import LoopState  # noqa: E402
 from .sweep import SweepReport, run_forked  # noqa: E402
 from .weights import BestWeights, save_trained  # noqa: E402
@@ -48,7 +48,7 @@ from harness.telemetry import install_secret_redaction, redact_text  # noqa: E40
 log = logging.getLogger("harness")
 
 __all__ = ["RESUME_SAFE", "BestWeights", "JobRun", "LoopState", "Preempted", "Progress", "Signals", "StepEnd", "StepHook",
-           "SweepReport", "Training", "TrainingFailed", "finalize", "setup", "train", "accumulate_gradients", "autocast", "build_model", "build_optimizer", "effective_precision",
+           "SweepReport", "Training", "TrainingFailed", "finalize", "setup", "train", "accumulate_gradients", "attention_for", "autocast", "build_model", "build_optimizer", "effective_precision",
            "fingerprint", "fit", "job_info", "job_run_name", "lr_is_swept", "main", "pick_device", "prepare_model",
            "resume_config", "run_forked", "run_job", "save_trained", "seed_everything", "to_device", "warmup_linear_decay"]
 

@@ -31,7 +31,8 @@ from harness.telemetry import Tracker
 from . import checkpoint
 from .optim import build_optimizer, warmup_linear_decay
 from .progress import Progress
-from .runtime import Preempted, Signals, TrainingFailed, autocast, effective_precision, pick_device, seed_everything
+from .runtime import (Preempted, Signals, TrainingFailed, attention_for, autocast, effective_precision, pick_device,
+                      seed_everything)
 from .state import LoopState, empty_window
 from .step import StepEnd, StepHook, accumulate_gradients
 from .weights import BestWeights, save_trained
@@ -58,7 +59,8 @@ def build_model(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, task
     """The model as it trains: loaded, `prepare_model`, on its device, with gradient checkpointing
     (activations recomputed in the backward pass) when trainer.gradient_checkpointing is set.
     Returns the model and the names of the LoRA-adapted modules ([] for full FT)."""
-    model = load_model(cfg.model, task.kind, task.num_labels, tokenizer)
+    attention = attention_for(cfg.model.get("attn_implementation"), device, tcfg.precision)
+    model = load_model(cfg.model, task.kind, task.num_labels, tokenizer, attn_implementation=attention)
     adapted = prepare_model(cfg, method, model)
     model.to(device)
     if tcfg.gradient_checkpointing:
@@ -228,6 +230,7 @@ def setup(cfg, method, tcfg, run_dir, tracker, record, attempt, tokenizer=None, 
     run.task = task = task or build_task(cfg.task, run.tokenizer, seed=cfg.seed)
     seed_everything(cfg.seed)  # the model init and LoRA's A must not depend on what data loading drew
     run.model, adapted = build_model(cfg, method, tcfg, task, run.tokenizer, device)
+    record.attention = run.model.config._attn_implementation
     if adapted:
         log.info("LoRA on %d modules: %s", len(adapted), ", ".join(adapted[:6]) + (" ..." if len(adapted) > 6 else ""))
         targets = run.model.lora_config.target_modules  # "query+value" resolved for this model family

@@ -54,6 +54,19 @@ def effective_precision(device: torch.device, precision: str) -> str:
     return precision
 
 
+def attention_for(choice: str | None, device: torch.device, precision: str) -> str | None:
+    """model.attn_implementation resolved (None: transformers' default, sdpa for the models here).
+    Automatic (null) picks eager attention where the run autocasts to bf16 on a CPU: torch's CPU
+    flash-attention backward is ~6x slower in bf16 than in fp32 (72 vs 12 ms a layer for a MiniLM
+    batch of 32 reviews; torch.profiler, 2026-12-03), while eager attention's matmuls gain from bf16
+    like every other layer's; bench/default_sweep.py measures the whole sweep."""
+    if choice is not None:
+        return choice
+    if device.type == "cpu" and effective_precision(device, precision) == "bf16":
+        return "eager"
+    return None
+
+
 def autocast(device: torch.device, precision: str):
     """A context-manager factory: bf16 autocast where effective_precision says bf16, else nothing.
     Weights, gradients and optimizer states stay fp32 either way (mixed precision); losses are
