@@ -81,6 +81,8 @@ BAD = [
     ("model.dtype=float7", r"model\.dtype='float7' is invalid: choose float32, bfloat16 or float16"),
     ("model.dropout=1.0", r"model\.dropout=1\.0 is invalid: a probability in \[0, 1\), or null"),
     ("model.dropout=high", r"model\.dropout='high' is invalid: must be a number or null"),
+    ("model.attn_implementation=fast", r"model\.attn_implementation='fast' is invalid: choose null \(automatic\), eager, sdpa, "
+                                       r"flash_attention_2, flex_attention"),
     ("model.name_or_path=/no/such/dir", r"model\.name_or_path='/no/such/dir' is invalid: no such folder"),
     ("model.name_or_path=pkg:no_such_pkg/model", r"model\.name_or_path='pkg:no_such_pkg/model' is invalid: "
                                                  r"Python package 'no_such_pkg' is not installed"),

@@ -46,9 +46,9 @@ def native_bf16(device: torch.device) -> bool:
 
 def effective_precision(device: torch.device, precision: str) -> str:
     """"bf16" or "fp32": what trainer.precision means on this device. `auto` (the default) is bf16
-    where the hardware has it (experiments/defaults measured the accuracy and bench/default_sweep the
-    time: on this project's AVX512-BF16 CPU, 1.4x faster training steps and 2x faster evaluation at
-    the same validation accuracy) and fp32 elsewhere; `bf16` and `fp32` force one."""
+    where the hardware has it and fp32 elsewhere; `bf16` and `fp32` force one. Chosen by
+    measurement: the same validation accuracy for LoRA and full FT (experiments/defaults,
+    "Precision"), and the time in bench/README.md (default_sweep, harness vs harness_fp32)."""
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision

@@ -18,7 +18,7 @@ from tests.helpers import ROOT, TINY_RUN, metrics_rows, read_record
 
 # results.json of a completed classification run, in file order: what tables and W&B summaries read.
 COMPLETED_KEYS = ["status", "error", "method", "model", "task", "seed", "run_name", "lr", "lora", "params",
-                  "metrics", "throughput", "memory", "versions", "git", "device", "precision", "sweep", "packed", "config", "traceback",
+                  "metrics", "throughput", "memory", "versions", "git", "device", "precision", "attention", "sweep", "packed", "config", "traceback",
                   "attempt", "segments", "steps", "epochs", "train_time_s", "wall_time_s", "finished_at"]
 
 

@@ -6,7 +6,7 @@ import torch
 
 from harness.config import ConfigError
 from harness.scoring import summed_loss
-from harness.train import autocast, effective_precision
+from harness.train import attention_for, autocast, effective_precision
 from harness.train import runtime
 from tests.helpers import TINY_RUN, read_record, run_cli
 
@@ -67,3 +67,25 @@ def test_the_record_says_which_precision_ran_and_bf16_changes_the_numbers_a_litt
     assert records["auto"]["config"]["trainer"]["precision"] == "auto"
     fp32, bf16 = (records[p]["metrics"]["final"]["loss"] for p in ("fp32", "bf16"))
     assert fp32 != bf16 and abs(fp32 - bf16) < 0.05 * fp32
+
+
+@pytest.mark.parametrize("choice, device, precision, expected", [
+    (None, "cpu", "bf16", "eager"),   # torch's CPU flash-attention backward is slow in bf16
+    (None, "cpu", "fp32", None),      # transformers' default
+    (None, "cuda", "bf16", None),
+    ("sdpa", "cpu", "bf16", "sdpa"),  # an explicit choice wins
+    ("eager", "cpu", "fp32", "eager"),
+])
+def test_automatic_attention_is_eager_exactly_where_a_cpu_run_autocasts_to_bf16(choice, device, precision, expected):
+    assert attention_for(choice, torch.device(device), precision) == expected
+
+
+@pytest.mark.slow
+def test_the_record_names_the_attention_that_ran(tiny_model_dir, tmp_path):
+    tiny = [o for o in TINY_RUN if not o.startswith("trainer.precision=")]
+    for precision, attention, expected in (("bf16", "null", "eager"), ("fp32", "null", "sdpa"), ("bf16", "sdpa", "sdpa")):
+        run_dir = tmp_path / f"{precision}-{attention}"
+        proc = run_cli(tiny_model_dir, run_dir, f"trainer.precision={precision}", f"model.attn_implementation={attention}",
+                       "trainer.save_model=false", "trainer.device=cpu", "trainer.max_steps=2", tiny=tiny)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert read_record(run_dir)["attention"] == expected
