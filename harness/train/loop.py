@@ -56,9 +56,8 @@ def prepare_model(cfg: DictConfig, method: MethodConfig, model: torch.nn.Module)
 
 def build_model(cfg: DictConfig, method: MethodConfig, tcfg: TrainerConfig, task, tokenizer,
                 device: torch.device) -> tuple[torch.nn.Module, list[str]]:
-    """The model as it trains: loaded, `prepare_model`, on its device, with gradient checkpointing
-    (activations recomputed in the backward pass) when trainer.gradient_checkpointing is set.
-    Returns the model and the names of the LoRA-adapted modules ([] for full FT)."""
+    """The model as it trains: loaded with attention_for's kernel, `prepare_model`, on its device, with gradient
+    checkpointing when trainer.gradient_checkpointing is set; and the LoRA-adapted modules' names ([] for full FT)."""
     attention = attention_for(cfg.model.get("attn_implementation"), device, tcfg.precision)
     model = load_model(cfg.model, task.kind, task.num_labels, tokenizer, attn_implementation=attention)
     adapted = prepare_model(cfg, method, model)

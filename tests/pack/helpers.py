@@ -6,7 +6,7 @@ from harness.pack import PackJob
 from harness.train import JobRun, Signals, fit
 from tests.helpers import compose
 
-BASE = ("debug=tiny", "model.name=tiny_bert", "trainer.device=cpu", "trainer.log_every=1")
+BASE = ("debug=tiny", "model.name=tiny_bert", "trainer.device=cpu", "trainer.log_every=1", "trainer.precision=fp32")
 
 # A pack that mixes everything a job owns: r, alpha, lr (and LoRA+'s ratio), seed, target modules, init, rsLoRA.
 MIX = (("method.r=4", "method.alpha=8", "method.lr=1e-2", "seed=0", "method.lr_ratio=4"),
