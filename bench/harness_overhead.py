@@ -148,7 +148,7 @@ def main(argv=None) -> None:
     samples = {s: len(idx) for s, idx in enumerate(batches, start=1)}
     overrides = [f"task.limit_train={n_train}", "task.limit_eval=64", f"trainer.batch_size={batch_size}",
                  "trainer.save_model=false", f"trainer.log_every={log_every}", "logger=wandb", "logger.mode=offline",
-                 "seed=0"]
+                 "seed=0", "trainer.precision=fp32"]  # fp32 like the bare loop and Trainer: bookkeeping, not precision
     if args.quick:
         overrides.append(f"model.name_or_path={model_cfg.name_or_path}")
     contenders = ["harness", "bare"] + ([] if args.no_trainer else ["trainer"])

@@ -88,7 +88,8 @@ def build(cfg: Config, model_cfg, device):
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA, as trainer.precision=bf16 does; CPU runs fp32 like the harness."""
+    """bf16 autocast on CUDA, as trainer.precision=auto does there; CPU runs fp32, as the harness
+    with trainer.precision=fp32 (its default, auto, is bf16 on a bf16 CPU: bench/default_sweep.py)."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()

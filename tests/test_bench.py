@@ -7,11 +7,10 @@ import json
 import pytest
 import torch
 
-
-from harness.train import effective_precision
 from bench import (adapter_switch, common, default_sweep, harness_overhead, lora_layer, merged_inference, packed_sweep, padding, sweep_overhead,
                    train_step)
 from harness.lora import LoraConfig, LoraLinear, apply_lora
+from harness.train import effective_precision
 from harness.tiny import tiny_bert
 
 

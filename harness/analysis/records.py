@@ -188,7 +188,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
     / `metrics.test.best.main` for runs scored on a test split): the value of each run's own main
     metric, so tasks with different main metrics (accuracy, mcc) can share a column."""
     rows = [flatten({**{k: v for k, v in r.items() if k not in SKIP_KEYS},
-                     **({"precision": ran_precision(r)} if ran_precision(r) else {})}) for r in records]
+                     **({"precision": p} if (p := ran_precision(r)) else {})}) for r in records]
     for row in rows:
         main = row.get("metrics.main_metric")
         for which in ("final", "best"):
