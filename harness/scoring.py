@@ -56,6 +56,40 @@ def loss_items(kind: str, labels: torch.Tensor) -> int:
     return len(labels)
 
 
+# Float32 logits one causal-LM scoring forward may hold: 2**27 (512 MiB). A language model's logits
+# are rows x length x vocabulary: at eval_batch_size 128, length 128 and SmolLM2's 49,152 tokens
+# they are 3.2 GB, plus as much again for the log-softmax, which OOM-killed SmolLM2 jobs on a 24 GiB
+# machine. Each evaluation batch is scored in row slices under this bound; a row's losses do not
+# depend on which rows share its forward, so the metrics do not depend on the bound.
+LOGITS_BUDGET = 2**27
+
+
+def _rows_per_forward(model, length: int, budget: int = LOGITS_BUDGET) -> int | None:
+    """How many rows of `length` tokens one forward may score within `budget` logits (at least
+    one); None when the model does not say its vocabulary size (then the batch is not sliced)."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    return max(1, budget // (length * vocab)) if vocab else None
+
+
+def _token_losses(model, indices: list[int], batch: dict[str, torch.Tensor], autocast) -> dict[int, list[float]]:
+    """Each row's per-response-token losses (token t predicts token t+1), keyed by its stored index;
+    scored in row slices of at most LOGITS_BUDGET logits."""
+    rows = _rows_per_forward(model, batch["input_ids"].shape[1], LOGITS_BUDGET) or len(indices)
+    losses = {}
+    for start in range(0, len(indices), rows):
+        part = {k: v[start:start + rows] for k, v in batch.items()}
+        with autocast():
+            logits = _logits(model, part)
+        targets = part["labels"][:, 1:]
+        token_losses = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets,
+                                       ignore_index=IGNORE_INDEX, reduction="none")
+        for index, row, mask in zip(indices[start:start + rows], token_losses.tolist(),
+                                    (targets != IGNORE_INDEX).tolist()):
+            losses[index] = [v for v, keep in zip(row, mask) if keep]
+        del logits, token_losses
+    return losses
+
+
 def evaluate_model(model, task: TaskData, batch_size: int, device, autocast=contextlib.nullcontext,
                    split: str = "eval", max_batches: int | None = None) -> dict[str, float]:
     """Score `model` on one split: {"loss": .., <metric>: ..} (causal_lm: {"loss", "perplexity"}).
@@ -75,16 +109,12 @@ def evaluate_model(model, task: TaskData, batch_size: int, device, autocast=cont
         with torch.no_grad():
             for indices, batch in zip(batches, task.eval_loader(batch_size, split)):
                 batch = {k: v.to(device) for k, v in batch.items()}
+                if task.kind == "causal_lm":
+                    losses.update(_token_losses(model, indices, batch, autocast))
+                    continue
                 with autocast():
                     logits = _logits(model, batch)
                 logits, labels = logits.float(), batch["labels"]
-                if task.kind == "causal_lm":
-                    targets = labels[:, 1:]  # token t predicts token t+1
-                    token_losses = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets,
-                                                   ignore_index=IGNORE_INDEX, reduction="none")
-                    for index, row, mask in zip(indices, token_losses.tolist(), (targets != IGNORE_INDEX).tolist()):
-                        losses[index] = [v for v, keep in zip(row, mask) if keep]
-                    continue
                 if task.kind == "regression":
                     preds = logits.squeeze(-1)
                     example_losses = F.mse_loss(preds, labels, reduction="none")

@@ -185,8 +185,8 @@ BAD = [
     ("logger=wandb logger.mode=sometimes", r"logger\.mode='sometimes' is invalid: choose one of online, offline, "
                                            r"disabled"),
     ("logger=wandb +logger.projct=x", r"logger\.projct='x' is invalid: not a logger setting; settings: dir, entity"),
-    ("experiment=nope", r"^experiment=nope is invalid: choose lora_family, lora_vs_full, low_rank_analysis, "
-                        r"low_rank_analysis_full, rank_ablation or target_modules$"),
+    ("experiment=nope", r"^experiment=nope is invalid: choose learn_forget, learn_forget_full, lora_family, "
+                        r"lora_vs_full, low_rank_analysis, low_rank_analysis_full, rank_ablation or target_modules$"),
     ("hparams_search=nope", r"^hparams_search=nope is invalid: choose lora_lr$"),
     ("placement=q32", r"^placement=q32 is invalid: choose k16, o16, q16, qk8, qkvo4, qv8 or v16$"),
     ("scaling=sqrt", r"^scaling=sqrt is invalid: choose fixed_alpha, fixed_scale or rslora$"),

@@ -151,6 +151,39 @@ def test_causal_loss_is_mean_over_response_tokens(chat):
     assert results["loss"] == pytest.approx(10.3528, abs=1e-3)  # ~ ln(30522) = 10.33 at random init
 
 
+@pytest.mark.parametrize("rows", [1, 2])
+def test_causal_scoring_slices_batches_under_the_logits_budget(chat, monkeypatch, rows):
+    """A budget of `rows` rows of the batch's length: the batch of 4 runs as ceil(4 / rows) forwards,
+    none over the budget, and the loss is the unsliced one (the pinned reference above)."""
+    import harness.scoring as scoring
+
+    model = llama_for_minilm_vocab()
+    whole = evaluate_model(model, chat, batch_size=4, device="cpu")
+    length = max(len(e["input_ids"]) for e in chat.eval)
+    monkeypatch.setattr(scoring, "LOGITS_BUDGET", rows * length * MINILM_VOCAB)
+    shapes = []
+    hook = model.register_forward_hook(lambda module, args, kwargs, out: shapes.append(out.logits.shape),
+                                       with_kwargs=True)
+    sliced = evaluate_model(model, chat, batch_size=4, device="cpu")
+    hook.remove()
+    assert [s[0] for s in shapes] == [rows] * (4 // rows)
+    assert all(s[0] * s[1] * s[2] <= scoring.LOGITS_BUDGET for s in shapes)
+    assert sliced["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+    assert sliced["loss"] == pytest.approx(10.3528, abs=1e-3)
+
+
+def test_rows_per_forward_keeps_a_smollm2_batch_within_512_mib():
+    class Model:  # only the config is read
+        config = type("Config", (), {"vocab_size": 49_152})()
+
+    from harness.scoring import LOGITS_BUDGET, _rows_per_forward
+
+    assert LOGITS_BUDGET * 4 == 512 * 2**20  # float32 bytes
+    assert _rows_per_forward(Model(), 128, LOGITS_BUDGET) == 21  # 21 x 128 x 49,152 = 132.1 M <= 134.2 M
+    assert _rows_per_forward(Model(), 4096, LOGITS_BUDGET) == 1  # never zero rows
+    assert _rows_per_forward(object(), 128, LOGITS_BUDGET) is None  # no vocabulary size: not sliced
+
+
 def test_generate_samples_is_greedy_decoding(chat, tokenizer):
     model = llama_for_minilm_vocab()
     model.train()
