@@ -42,7 +42,7 @@ def test_every_experiment_job_composes_and_validates(experiment):
         if method.name == "lora" and not any(j.startswith("scaling=") for j in job):
             assert method.alpha == 2 * method.r or experiment == "lora_vs_full"
     assert len(jobs) == {"lora_family": 18, "lora_vs_full": 9, "low_rank_analysis": 6, "low_rank_analysis_full": 2,
-                         "learn_forget": 18, "learn_forget_full": 3,
+                         "learn_forget": 12, "learn_forget_full": 2,
                          "rank_ablation": 24, "target_modules": 14}[experiment]
 
 

@@ -219,7 +219,8 @@ def plot_learning_vs_forgetting(df: pd.DataFrame, out: Path, split: str = "test"
     """Biderman et al. 2024's learning-forgetting plot: one point per completed run; x = the task's
     loss on `split` (learning, lower is better), y = the forgetting probe's perplexity after
     fine-tuning (`--best`: both with the best-validation weights); colour = group (method, rank,
-    target modules), marker = method; a dashed line marks the pretrained model's perplexity."""
+    target modules), marker = method; a dashed line marks the pretrained model's perplexity; the
+    perplexity axis is logarithmic."""
     runs = completed(df)
     x, y = f"{metric_prefix(split, best)}loss", forget_column("forget", best)
     if y not in runs or runs[y].isna().all():
@@ -245,6 +246,8 @@ def plot_learning_vs_forgetting(df: pd.DataFrame, out: Path, split: str = "test"
         if before in part and part[before].notna().any():
             ax.axhline(part[before].mean(), linestyle="--", color="0.4", label="pretrained model")
         weights = "best-validation weights" if best else "final weights"
+        # log perplexity = NLL: a run that diverged (perplexity in the hundreds) leaves the rest readable
+        ax.set_yscale("log")
         _finish_axis(ax, f"{split_of(x).split(',')[0]} loss (learning: lower is better)",
-                     f"held-out English perplexity, {weights} (forgetting)", title)
+                     f"held-out English perplexity (log), {weights} (forgetting)", title)
     return _save(fig, out, "learn_forget.png")

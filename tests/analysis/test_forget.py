@@ -81,3 +81,18 @@ def test_the_report_draws_learning_vs_forgetting(sweep, tmp_path, capsys):
     with pytest.raises(A.Skip, match=r"metrics.forget.best.perplexity \(the best-validation weights .*select_best"):
         A.plot_learning_vs_forgetting(df, out, best=True)
     assert A.plot_learning_vs_forgetting(df, out, split="eval") == "learn_forget.png"
+
+
+def test_the_plot_puts_each_run_at_its_test_loss_and_perplexity_on_a_log_axis(sweep, tmp_path, monkeypatch):
+    """The points are the records' (test loss, forgetting perplexity), read back from the figure;
+    perplexity is on a log axis (a diverged run at hundreds would flatten a linear one)."""
+    import harness.analysis.plots as plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, out, name: drawn.setdefault("fig", fig) and name)
+    A.plot_learning_vs_forgetting(A.records_frame(A.load_records([sweep])), tmp_path)
+    (ax,) = drawn["fig"].axes
+    assert ax.get_yscale() == "log"
+    points = sorted(tuple(map(float, xy)) for c in ax.collections for xy in c.get_offsets())
+    assert points == sorted((loss, ppl) for *_, ppl, loss in RUNS)
+    assert [line.get_ydata()[0] for line in ax.lines] == [BEFORE]  # the pretrained model, dashed
