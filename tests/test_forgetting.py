@@ -45,7 +45,9 @@ def test_perplexity_is_token_weighted_over_all_chunks_as_the_models_own_loss(chu
     assert scores["tokens"] == sum(n - 1 for n in chunks["length"])
     assert scores["perplexity"] != pytest.approx(mean_of_chunks, rel=1e-3)  # the definition matters here
     assert scores["perplexity"] == pytest.approx(30_759.64, rel=1e-5)  # a random 2-layer Llama: about the vocab size
-    assert probe_perplexity(m, chunks, batch_size=16, device="cpu") == pytest.approx(scores, rel=1e-6)
+    # another batch size, the same numbers up to float32 rounding of the NLL (1e-6 on the
+    # perplexity failed by 1.1e-6 on an AMD EPYC: exp() turns the NLL's rounding into relative error)
+    assert probe_perplexity(m, chunks, batch_size=16, device="cpu") == pytest.approx(scores, rel=1e-5)
 
 
 def test_the_probe_leaves_the_model_in_its_mode(chunks):
